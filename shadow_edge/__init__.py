@@ -1,0 +1,22 @@
+"""shadow-edge: export ShadowPEFT models to ONNX bundles and run them on edge CPUs.
+
+    shadow_edge.export(checkpoint, out)         torch side, needs the `export` extra
+    shadow_edge.load(bundle, mode="attached")   torch-free runtime
+
+Both are imported lazily so that `import shadow_edge` never pulls in torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def export(*args: Any, **kwargs: Any):
+    from .exporters.export import export as _export
+
+    return _export(*args, **kwargs)
+
+
+export.__doc__ = "See shadow_edge.exporters.export.export."

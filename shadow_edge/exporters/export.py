@@ -1,0 +1,233 @@
+"""`export()`: a ShadowPEFT checkpoint becomes a validated bundle folder.
+
+Stages: load -> trace graphs -> tokenizer -> validate -> manifest -> move into place.
+Everything is written to a temporary folder beside the output and renamed into place only when
+complete and validated; on any failure (or Ctrl-C) the temporary folder is removed and an
+existing output is left untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from ..bundle import (
+    BACKBONE_GRAPH,
+    MANIFEST_FILE,
+    SHADOW_GRAPH,
+    SHADOW_LM_GRAPH,
+    GraphSpec,
+    Manifest,
+    ModelSpec,
+    file_entries,
+)
+from ..errors import ExportError, OutputExistsError
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .onnx_export import DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
+from .validate import DEFAULT_TOLERANCE, validate_bundle
+
+STAGES = ("load", "shadow", "shadow_lm", "backbone", "tokenizer", "validate", "finish")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+PURPOSES = {
+    SHADOW_GRAPH: "attached: shadow network on new tokens -> shadow_states for the backbone (no head)",
+    SHADOW_LM_GRAPH: "detached: the shadow network as a plain decoder with its own head -> logits",
+    BACKBONE_GRAPH: "attached: base decoder with injection/update baked in, fed shadow_states -> logits",
+}
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    manifest: Manifest
+    seconds: float
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("shadow-edge", "shadow-peft", "torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+@contextlib.contextmanager
+def _staging(output: Path, force: bool) -> Iterator[Path]:
+    """A temporary folder beside output, renamed onto it only if the body completes."""
+    if output.exists() and not force:
+        raise OutputExistsError(f"output {output} already exists")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        yield staging
+        if output.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
+            output.rename(old / output.name)
+            staging.rename(output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(output)
+    finally:  # also on KeyboardInterrupt
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _save_tokenizer(loaded: LoadedCheckpoint, folder: Path) -> dict:
+    """Copy the base's tokenizer (converted from GGUF if needed); {} when it has none."""
+    from transformers import AutoTokenizer
+
+    has_files = any((loaded.base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    if not (has_files or loaded.base_file):
+        return {}
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            tokenizer = AutoTokenizer.from_pretrained(loaded.base_dir, gguf_file=loaded.base_file)
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    scratch = folder / ".tokenizer"
+    tokenizer.save_pretrained(scratch)
+    if not (scratch / "tokenizer.json").is_file():
+        shutil.rmtree(scratch)
+        return {}
+    for name in TOKENIZER_FILES:
+        if (scratch / name).is_file():
+            shutil.move(str(scratch / name), folder / name)
+    shutil.rmtree(scratch)
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    return {
+        "file": "tokenizer.json",
+        "chat_template": template,
+        "bos_token": tokenizer.bos_token,
+        "eos_token": tokenizer.eos_token,
+        "pad_token": tokenizer.pad_token,
+        "add_bos_token": bool(getattr(tokenizer, "add_bos_token", False)),
+    }
+
+
+def _token_ids(config) -> tuple[int | None, list[int], int | None]:
+    eos = config.eos_token_id
+    eos_ids = [int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None]
+    bos = config.bos_token_id
+    pad = config.pad_token_id
+    return (int(bos) if bos is not None else None), eos_ids, (int(pad) if pad is not None else None)
+
+
+def _generation_defaults(loaded: LoadedCheckpoint, eos_ids: list[int]) -> dict:
+    gen = getattr(loaded.base_model, "generation_config", None)
+    defaults = {"max_new_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
+                "repetition_penalty": 1.0, "eos_token_ids": eos_ids}
+    if gen is not None and gen.do_sample:
+        defaults.update(temperature=float(gen.temperature or 1.0), top_k=int(gen.top_k or 0),
+                        top_p=float(gen.top_p or 1.0))
+    return defaults
+
+
+def _embedding_notes(loaded: LoadedCheckpoint, weights: SharedWeights) -> dict[str, str]:
+    tied = bool(getattr(loaded.base_model.config, "tie_word_embeddings", False))
+    shadow_embed = (
+        "the base embedding table" if loaded.shares_base_embeddings else "the explicit shadow's own embedding table"
+    )
+    both = weights.shared_bytes(SHADOW_GRAPH, BACKBONE_GRAPH)
+    return {
+        SHADOW_GRAPH: f"Gather on {shadow_embed} in {WEIGHTS_FILE}"
+        + (f"; {both} bytes of weights shared with the backbone graph" if both else ""),
+        SHADOW_LM_GRAPH: f"Gather on {shadow_embed} in {WEIGHTS_FILE}; the shadow head reads its table "
+        "(deduplicated with the lm_head when identical)",
+        BACKBONE_GRAPH: f"Gather on the base embedding table in {WEIGHTS_FILE}"
+        + ("; the tied lm_head is Gemm(transB=1) on the same stored tensor" if tied else ""),
+    }
+
+
+def export(
+    checkpoint: str | Path,
+    output: str | Path,
+    *,
+    base: str | Path | None = None,
+    shadow: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    force: bool = False,
+    validate: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    progress: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring."""
+    started = time.perf_counter()
+    output = Path(output)
+    notify = progress or (lambda stage: None)
+    if output.exists() and not force:
+        raise OutputExistsError(f"output {output} already exists")
+    with contextlib.redirect_stdout(io.StringIO()):  # shadow-peft prints while loading
+        loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
+    notify("load")
+    with _staging(output, force) as folder:
+        graph_io, weights = export_graphs(loaded, folder, opset=opset, on_graph=notify)
+        embedding = _embedding_notes(loaded, weights)
+        graphs = {
+            name: GraphSpec(file=file, inputs=inputs, outputs=outputs, purpose=PURPOSES[name], embedding=embedding[name])
+            for name, (file, inputs, outputs) in graph_io.items()
+        }
+        tokenizer = _save_tokenizer(loaded, folder)
+        notify("tokenizer")
+        config = loaded.base_model.config
+        caches = {"base": cache_spec(config), "shadow": cache_spec(loaded.peft.shadow_model.config)}
+        validation = {"skipped": True}
+        if validate:
+            validation = validate_bundle(loaded, folder, graphs, caches, tolerance=tolerance)
+            if not validation["passed"]:
+                raise ExportError("validation failed, nothing written: " + "; ".join(validation["failures"]))
+        notify("validate")
+        bos, eos_ids, pad = _token_ids(config)
+        manifest = Manifest(
+            model=ModelSpec(
+                architecture=type(loaded.base_model).__name__,
+                model_type=config.model_type,
+                vocab_size=int(config.vocab_size),
+                hidden_size=int(config.hidden_size),
+                max_position_embeddings=int(config.max_position_embeddings),
+                dtype="float32",
+                base=caches["base"],
+                shadow=caches["shadow"],
+                bos_token_id=bos,
+                eos_token_ids=eos_ids,
+                pad_token_id=pad,
+            ),
+            graphs=graphs,
+            files=file_entries(folder),
+            modes=["attached", "detached"],
+            source={
+                "format": "shadow-peft",
+                "checkpoint": str(Path(checkpoint).resolve()),
+                "base": str(loaded.base_dir.resolve()) + (f"/{loaded.base_file}" if loaded.base_file else ""),
+                "base_config_sha256": hashlib.sha256(config.to_json_string().encode()).hexdigest(),
+                "shadow_config": loaded.shadow_config,
+                "explicit_shadow": loaded.explicit_shadow,
+                "shadow_shares_base_embeddings": loaded.shares_base_embeddings,
+                "trained_heads": loaded.trained_heads,
+            },
+            created_by=_versions(),
+            validation=validation,
+            generation=_generation_defaults(loaded, eos_ids),
+            tokenizer=tokenizer,
+        )
+        manifest.source["weights"] = {
+            "file": WEIGHTS_FILE,
+            "bytes": weights.size,
+            "bytes_per_graph": {name: weights.bytes_of(name) for name in graphs},
+            "layout": "each distinct tensor stored once, 4 KiB aligned",
+        }
+        (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        notify("finish")
+    return ExportResult(output=output, manifest=manifest, seconds=time.perf_counter() - started)
+
+
+def export_json_summary(result: ExportResult) -> str:
+    return json.dumps({"output": str(result.output), "seconds": round(result.seconds, 2),
+                       "validation": result.manifest.validation}, indent=2)

@@ -1,0 +1,165 @@
+"""Torch modules with explicit KV-cache tensors, one per exported graph.
+
+Each wraps modules of the reference model (same parameters, no copies) and re-states its
+forward pass with the cache as plain tensors:
+    ShadowGraph    input_ids, attention_mask, position_ids, past (shadow)  -> shadow_states, present
+    ShadowLMGraph  the same + num_logits_to_keep                          -> logits, present
+    BackboneGraph  input_ids, attention_mask, position_ids, shadow_states,
+                   num_logits_to_keep, past (base)                        -> logits, present
+attention_mask is [batch, past + seq] (1 = real token); position_ids are [batch, seq].
+KV tensors are [batch, kv_heads, seq, head_dim]. Inject/update act on each position alone, so
+cached decoding is exact (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class _TensorCache:
+    """Duck-typed transformers Cache: appends the new keys/values to the given past tensors."""
+
+    def __init__(self, past: tuple[torch.Tensor, ...]) -> None:
+        self.past = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        self.present: list[torch.Tensor] = []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        past_key, past_value = self.past[layer_idx]
+        key = torch.cat([past_key, key], dim=2)
+        value = torch.cat([past_value, value], dim=2)
+        self.present += [key, value]
+        return key, value
+
+
+def _sliding_window(config: Any, layer_idx: int) -> int | None:
+    """The attention window of one layer, as transformers applies it (None = full attention)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    return window if getattr(config, "use_sliding_window", True) else None
+
+
+def attention_bias(attention_mask: torch.Tensor, query_len: int, window: int | None) -> torch.Tensor:
+    """Additive mask [batch, 1, query, past + query]: causal, padding, optional sliding window."""
+    total = attention_mask.shape[1]
+    key_pos = torch.arange(total, device=attention_mask.device)
+    query_pos = key_pos[total - query_len :].unsqueeze(1)  # positions of the new tokens in the cache
+    allowed = (key_pos.unsqueeze(0) <= query_pos) & attention_mask[:, None, None, :].bool()
+    if window is not None:
+        allowed = allowed & (key_pos.unsqueeze(0) > query_pos - window)
+    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+
+
+class _DecoderStack:
+    """Runs the layers of one HF backbone over hidden states with a tensor KV cache."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+        # shadow-peft wraps each base layer to inject/update; we state those steps explicitly
+        self.layers = [getattr(layer, "layer", layer) for layer in backbone.layers]
+        self.windows = [_sliding_window(backbone.config, i) for i in range(len(self.layers))]
+
+    def prepare(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        masks = {w: attention_bias(attention_mask, hidden.shape[1], w) for w in set(self.windows)}
+        rotary = self.backbone.rotary_emb(hidden, position_ids)
+        return masks, rotary
+
+    def layer(self, i: int, hidden, masks, rotary, position_ids, cache: _TensorCache) -> torch.Tensor:
+        out = self.layers[i](
+            hidden,
+            attention_mask=masks[self.windows[i]],
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            position_embeddings=rotary,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+
+def _last_positions(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """hidden[:, -keep:] with keep a traced scalar (0 keeps every position)."""
+    seq = hidden.shape[1]
+    positions = torch.arange(seq, device=hidden.device)
+    first = torch.where(keep > 0, seq - keep, 0)
+    return hidden[:, positions >= first]
+
+
+def _head(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """lm_head on 2-D input: it exports as Gemm(transB=1), reading the [vocab, d] table untransposed,
+    so a tied head and the embedding stay one tensor on disk."""
+    batch, seq, dim = hidden.shape
+    return nn.functional.linear(hidden.reshape(-1, dim), weight).reshape(batch, seq, -1)
+
+
+class ShadowGraph(nn.Module):
+    def __init__(self, loaded: Any) -> None:
+        super().__init__()
+        peft = loaded.peft
+        self.shadow_backbone = peft.shadow_model
+        self.embed = (
+            loaded.base_model.get_input_embeddings()
+            if loaded.shares_base_embeddings
+            else self.shadow_backbone.get_input_embeddings()
+        )
+        self.projection = peft.shadow_hidden_projection
+        self.stack = _DecoderStack(self.shadow_backbone)
+
+    def states(self, input_ids, attention_mask, position_ids, past) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = self.embed(input_ids)
+        masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
+        cache = _TensorCache(past)
+        for i in range(len(self.stack.layers)):
+            hidden = self.stack.layer(i, hidden, masks, rotary, position_ids, cache)
+        return self.projection(self.shadow_backbone.norm(hidden)), cache.present
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        states, present = self.states(input_ids, attention_mask, position_ids, past)
+        return (states, *present)
+
+
+class ShadowLMGraph(ShadowGraph):
+    def __init__(self, loaded: Any) -> None:
+        super().__init__(loaded)
+        self.head = loaded.reference.shadow_lm_head
+
+    def forward(self, input_ids, attention_mask, position_ids, num_logits_to_keep, *past):
+        states, present = self.states(input_ids, attention_mask, position_ids, past)
+        logits = _head(_last_positions(states, num_logits_to_keep), self.head.weight)
+        return (logits, *present)
+
+
+class BackboneGraph(nn.Module):
+    def __init__(self, loaded: Any) -> None:
+        super().__init__()
+        peft = loaded.peft
+        base = loaded.base_model
+        self.backbone = base.model
+        self.head = loaded.reference.lm_head
+        self.injection = peft.shadow_injection_model
+        self.update = peft.shadow_update_model
+        self.stack = _DecoderStack(self.backbone)
+
+    def _inject(self, hidden: torch.Tensor, shadow: torch.Tensor, k: int) -> torch.Tensor:
+        # h + alpha * ((h - s) @ W_down[k]) @ W_up[k]   (dropout is off at inference)
+        delta = torch.matmul(torch.matmul(hidden - shadow, self.injection.injection_downs[k]),
+                             self.injection.injection_ups[k])
+        return hidden + self.injection.alpha * delta
+
+    def forward(self, input_ids, attention_mask, position_ids, shadow_states, num_logits_to_keep, *past):
+        hidden = self.backbone.embed_tokens(input_ids)
+        masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
+        cache = _TensorCache(past)
+        shadow = shadow_states
+        last = len(self.stack.layers) - 1
+        for i in range(last + 1):
+            if i > 0:
+                hidden = self._inject(hidden, shadow, i - 1)
+            hidden = self.stack.layer(i, hidden, masks, rotary, position_ids, cache)
+            if 0 < i < last:  # the update after the last layer reaches no output
+                shadow = self.update(hidden, shadow, i - 1)
+        hidden = self.backbone.norm(_last_positions(hidden, num_logits_to_keep))
+        return (_head(hidden, self.head.weight), *cache.present)

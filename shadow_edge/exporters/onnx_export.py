@@ -1,0 +1,171 @@
+"""Trace the graph modules to ONNX and store their weights once, in one shared external-data file.
+
+torch.onnx's TorchScript exporter is used (about 8x faster than the dynamo exporter on SmolLM2
+and exact to ~1e-5). Each graph is exported in memory; then every initializer is keyed by its
+bytes, and each distinct tensor is written once to `weights.data` (4 KiB aligned, so the runtime
+can memory-map it and two sessions share the pages of tensors they both read, such as the
+embedding table). A tied lm_head exports as Gemm(transB=1) on the embedding table itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import TensorProto, numpy_helper
+
+from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, TensorSpec
+from .graphs import BackboneGraph, ShadowGraph, ShadowLMGraph
+
+WEIGHTS_FILE = "weights.data"
+INLINE_BYTES = 1024  # smaller tensors stay inside the .onnx file
+ALIGN = 4096
+DEFAULT_OPSET = 17
+
+_ONNX_DTYPES = {TensorProto.FLOAT: "float32", TensorProto.INT64: "int64", TensorProto.FLOAT16: "float16"}
+
+
+def cache_spec(config) -> CacheSpec:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return CacheSpec(
+        num_layers=int(config.num_hidden_layers),
+        num_kv_heads=int(config.num_key_value_heads),
+        head_dim=int(head_dim),
+        hidden_size=int(config.hidden_size),
+    )
+
+
+def _io_names(kind: str, cache: CacheSpec) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+    inputs = ["input_ids", "attention_mask", "position_ids"]
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total_sequence"},
+        "position_ids": {0: "batch", 1: "sequence"},
+    }
+    if kind == "backbone":
+        inputs.append(SHADOW_STATES)
+        axes[SHADOW_STATES] = {0: "batch", 1: "sequence"}
+    if kind in ("backbone", "shadow_lm"):
+        inputs.append(LOGITS_TO_KEEP)
+    inputs += cache.past_names()
+    axes.update({n: {0: "batch", 2: "past_sequence"} for n in cache.past_names()})
+    first = SHADOW_STATES if kind == "shadow" else "logits"
+    outputs = [first, *cache.present_names()]
+    axes[first] = {0: "batch", 1: "sequence" if kind == "shadow" else "kept_sequence"}
+    axes.update({n: {0: "batch", 2: "total_sequence"} for n in cache.present_names()})
+    return inputs, outputs, axes
+
+
+def _dummy_inputs(kind: str, cache: CacheSpec, hidden_size: int) -> tuple[torch.Tensor, ...]:
+    batch, seq, past = 2, 3, 4  # distinct sizes so that tracing cannot confuse dimensions
+    args: list[torch.Tensor] = [
+        torch.randint(3, 10, (batch, seq)),
+        torch.ones(batch, past + seq, dtype=torch.long),
+        torch.arange(past, past + seq).repeat(batch, 1),
+    ]
+    if kind == "backbone":
+        args.append(torch.randn(batch, seq, hidden_size))
+    if kind in ("backbone", "shadow_lm"):
+        args.append(torch.tensor(1, dtype=torch.long))
+    kv = torch.zeros(batch, cache.num_kv_heads, past, cache.head_dim)
+    args += [kv.clone() for _ in range(2 * cache.num_layers)]
+    return tuple(args)
+
+
+def trace_graph(module: torch.nn.Module, kind: str, cache: CacheSpec, hidden_size: int, opset: int) -> onnx.ModelProto:
+    inputs, outputs, axes = _io_names(kind, cache)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module.eval(),
+            _dummy_inputs(kind, cache, hidden_size),
+            buffer,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
+    specs = []
+    for value in values:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+        specs.append(TensorSpec(name=value.name, dtype=_ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)), shape=shape))
+    return specs
+
+
+@dataclass
+class SharedWeights:
+    """Writes distinct initializers once into one external-data file."""
+
+    path: Path
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # content key -> (offset, length)
+    referenced: dict[str, set[str]] = field(default_factory=dict)  # graph -> content keys it reads
+    size: int = 0
+
+    def externalize(self, graph_name: str, model: onnx.ModelProto) -> None:
+        keys = self.referenced.setdefault(graph_name, set())
+        with open(self.path, "ab") as fh:
+            for tensor in model.graph.initializer:
+                raw = numpy_helper.to_array(tensor).tobytes()
+                if len(raw) < INLINE_BYTES:
+                    continue
+                key = f"{tensor.data_type}:{list(tensor.dims)}:{hashlib.sha256(raw).hexdigest()}"
+                if key not in self.offsets:
+                    padding = -self.size % ALIGN
+                    fh.write(b"\0" * padding)
+                    self.offsets[key] = (self.size + padding, len(raw))
+                    fh.write(raw)
+                    self.size += padding + len(raw)
+                keys.add(key)
+                offset, length = self.offsets[key]
+                tensor.ClearField("raw_data")
+                for attr in ("float_data", "int32_data", "int64_data", "double_data"):
+                    tensor.ClearField(attr)
+                tensor.data_location = TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = k, v
+
+    def bytes_of(self, graph_name: str) -> int:
+        return sum(self.offsets[k][1] for k in self.referenced.get(graph_name, ()))
+
+    def shared_bytes(self, a: str, b: str) -> int:
+        common = self.referenced.get(a, set()) & self.referenced.get(b, set())
+        return sum(self.offsets[k][1] for k in common)
+
+
+GRAPH_MODULES = {"shadow": ShadowGraph, "shadow_lm": ShadowLMGraph, "backbone": BackboneGraph}
+
+
+def export_graphs(loaded, folder: Path, opset: int = DEFAULT_OPSET, on_graph=None) -> tuple[dict, SharedWeights]:
+    """Write shadow.onnx, shadow_lm.onnx, backbone.onnx and weights.data into folder.
+
+    Returns ({graph: (file, inputs, outputs)}, the shared weights record)."""
+    base_cache = cache_spec(loaded.base_model.config)
+    shadow_cache = cache_spec(loaded.peft.shadow_model.config)
+    hidden = int(loaded.base_model.config.hidden_size)
+    weights = SharedWeights(folder / WEIGHTS_FILE)
+    graphs = {}
+    for kind, module_cls in GRAPH_MODULES.items():
+        cache = base_cache if kind == "backbone" else shadow_cache
+        model = trace_graph(module_cls(loaded), kind, cache, hidden, opset)
+        weights.externalize(kind, model)
+        file = f"{kind}.onnx"
+        onnx.save_model(model, folder / file)
+        graphs[kind] = (file, tensor_specs(list(model.graph.input)), tensor_specs(list(model.graph.output)))
+        if on_graph is not None:
+            on_graph(kind)
+    return graphs, weights

@@ -1,0 +1,194 @@
+"""Compare exported graphs, run by onnxruntime, with the reference shadow-peft forward in PyTorch.
+
+Scenarios (both modes, attached = shadow + backbone graphs, detached = shadow_lm graph):
+  prefill_then_decode  batch 1: prefill, single-token steps with a growing past, a 2-token chunk
+  batch2_left_padding  batch 2, the shorter row left-padded; each row is compared with the
+                       reference run on that row alone, unpadded
+  greedy               greedy tokens from ORT (cached decoding) vs. the reference recomputing the
+                       whole sequence each step
+Figures: max |logit difference| over all compared positions, argmax agreement, greedy matches.
+A graph fails when its max difference exceeds the tolerance (DEFAULT_TOLERANCE, absolute, fp32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bundle import BACKBONE_GRAPH, SHADOW_GRAPH, SHADOW_LM_GRAPH, CacheSpec, GraphSpec
+from ..runtimes.sessions import GraphRunner, session_options
+
+DEFAULT_TOLERANCE = 1e-3
+GREEDY_TOKENS = 8
+
+
+@dataclass
+class _Runners:
+    shadow: GraphRunner
+    shadow_lm: GraphRunner
+    backbone: GraphRunner
+
+    def logits(self, mode: str, caches: dict, ids, mask, pos, keep: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits, shadow states or None) for new tokens, advancing the mode's caches."""
+        if mode == "detached":
+            return self.shadow_lm.step(caches["shadow_lm"], ids, mask, pos, logits_to_keep=keep), None
+        states = self.shadow.step(caches["shadow"], ids, mask, pos)
+        return self.backbone.step(caches["backbone"], ids, mask, pos, shadow_states=states, logits_to_keep=keep), states
+
+    def new_caches(self, batch: int) -> dict:
+        return {name: getattr(self, name).new_cache(batch) for name in ("shadow", "shadow_lm", "backbone")}
+
+
+class _Reference:
+    def __init__(self, reference) -> None:
+        self.model = reference
+
+    @torch.no_grad()
+    def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """Full-sequence reference outputs for one unpadded row (no cache)."""
+        input_ids = torch.from_numpy(ids).long()[None]
+        mask = torch.ones_like(input_ids)
+        pos = torch.arange(input_ids.shape[1])[None]
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos)
+        states = self.model.peft_model._compute_initial_shadow_hidden(
+            input_ids=input_ids, attention_mask=mask, position_ids=pos, inputs_embeds=None
+        )
+        return {
+            "attached": out.logits[0].numpy(),
+            "detached": out.shadow_logits[0].numpy(),
+            "states": states[0].numpy(),
+        }
+
+
+class _Tally:
+    def __init__(self) -> None:
+        self.max_diff = 0.0
+        self.agree = 0
+        self.total = 0
+
+    def add(self, got: np.ndarray, want: np.ndarray) -> None:
+        self.max_diff = max(self.max_diff, float(np.abs(got - want).max()))
+        self.agree += int((got.argmax(-1) == want.argmax(-1)).sum())
+        self.total += int(np.prod(got.shape[:-1]))
+
+    def as_dict(self) -> dict:
+        return {"max_abs_diff": self.max_diff, "argmax_agree": self.agree, "positions": self.total}
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    """Position ids as transformers' generate() derives them: cumsum(mask) - 1, pads at 1."""
+    pos = np.cumsum(mask, axis=1) - 1
+    return np.where(mask == 0, 1, pos)
+
+
+def _prefill_then_decode(runners: _Runners, ref: _Reference, tokens: np.ndarray, tallies: dict) -> None:
+    want = ref(tokens)
+    for mode in ("attached", "detached"):
+        caches = runners.new_caches(1)
+        chunks = [(0, 8), (8, 9), (9, 10), (10, 12)]
+        for start, end in chunks:
+            ids = tokens[None, start:end]
+            mask = np.ones((1, end), dtype=np.int64)
+            pos = np.arange(start, end)[None]
+            logits, states = runners.logits(mode, caches, ids, mask, pos, keep=0)
+            tallies[mode].add(logits[0], want[mode][start:end])
+            if states is not None:
+                tallies["shadow_states"].add(states[0], want["states"][start:end])
+
+
+def _batch_left_padding(runners: _Runners, ref: _Reference, rows: list[np.ndarray], pad_id: int, tallies) -> None:
+    prompt_len, steps = 9, 3
+    lengths = [prompt_len, 5]
+    full = [ref(row[: n + steps]) for row, n in zip(rows, lengths, strict=True)]
+    ids = np.full((2, prompt_len), pad_id, dtype=np.int64)
+    mask = np.zeros((2, prompt_len), dtype=np.int64)
+    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        ids[b, prompt_len - n :] = row[:n]
+        mask[b, prompt_len - n :] = 1
+    for mode in ("attached", "detached"):
+        caches = runners.new_caches(2)
+        logits, _ = runners.logits(mode, caches, ids, mask, _positions(mask), keep=0)
+        for b, n in enumerate(lengths):
+            tallies[mode].add(logits[b, prompt_len - n :], full[b][mode][:n])
+        step_mask = mask
+        for t in range(steps):
+            step_mask = np.concatenate([step_mask, np.ones((2, 1), dtype=np.int64)], axis=1)
+            new = np.array([[row[n + t]] for row, n in zip(rows, lengths, strict=True)], dtype=np.int64)
+            pos = _positions(step_mask)[:, -1:]
+            logits, _ = runners.logits(mode, caches, new, step_mask, pos, keep=1)
+            for b, n in enumerate(lengths):
+                tallies[mode].add(logits[b, -1:], full[b][mode][n + t : n + t + 1])
+
+
+def _greedy(runners: _Runners, ref: _Reference, prompt: np.ndarray) -> dict:
+    result = {}
+    for mode in ("attached", "detached"):
+        caches = runners.new_caches(1)
+        got: list[int] = []
+        ids = prompt[None]
+        mask = np.ones((1, 0), dtype=np.int64)
+        for _ in range(GREEDY_TOKENS):
+            start = mask.shape[1]
+            mask = np.ones((1, start + ids.shape[1]), dtype=np.int64)
+            pos = np.arange(start, mask.shape[1])[None]
+            logits, _ = runners.logits(mode, caches, ids, mask, pos, keep=1)
+            got.append(int(logits[0, -1].argmax()))
+            ids = np.array([[got[-1]]], dtype=np.int64)
+        want: list[int] = []
+        seq = prompt
+        for _ in range(GREEDY_TOKENS):
+            want.append(int(ref(seq)[mode][-1].argmax()))
+            seq = np.append(seq, want[-1])
+        matched = next((i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), GREEDY_TOKENS)
+        result[mode] = {"matched_prefix": matched, "tokens": GREEDY_TOKENS, "onnx": got, "reference": want}
+    return result
+
+
+def validate_bundle(
+    loaded,
+    folder: Path,
+    graphs: dict[str, GraphSpec],
+    caches: dict[str, CacheSpec],
+    tolerance: float = DEFAULT_TOLERANCE,
+    seed: int = 0,
+) -> dict:
+    """Run every scenario; returns the report stored in manifest['validation']."""
+    options = session_options()
+    runners = _Runners(
+        shadow=GraphRunner(folder / graphs[SHADOW_GRAPH].file, graphs[SHADOW_GRAPH], caches["shadow"], options),
+        shadow_lm=GraphRunner(folder / graphs[SHADOW_LM_GRAPH].file, graphs[SHADOW_LM_GRAPH], caches["shadow"], options),
+        backbone=GraphRunner(folder / graphs[BACKBONE_GRAPH].file, graphs[BACKBONE_GRAPH], caches["base"], options),
+    )
+    ref = _Reference(loaded.reference)
+    vocab = int(loaded.base_model.config.vocab_size)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(3, vocab, size=12)
+    rows = [rng.integers(3, vocab, size=12) for _ in range(2)]
+    pad_id = loaded.base_model.config.pad_token_id
+    pad_id = int(pad_id) if pad_id is not None else 0
+
+    tallies = {"attached": _Tally(), "detached": _Tally(), "shadow_states": _Tally()}
+    _prefill_then_decode(runners, ref, tokens, tallies)
+    _batch_left_padding(runners, ref, rows, pad_id, tallies)
+    greedy = _greedy(runners, ref, tokens[:6])
+
+    report = {name: tally.as_dict() for name, tally in tallies.items()}
+    report["greedy"] = greedy
+    report["tolerance"] = tolerance
+    report["scenarios"] = ["prefill_then_decode", "batch2_left_padding", "greedy"]
+    failures = [
+        f"{mode}: max |logit diff| {report[mode]['max_abs_diff']:.2e} > {tolerance:.0e}"
+        for mode in ("attached", "detached")
+        if not report[mode]["max_abs_diff"] <= tolerance  # NaN fails too
+    ]
+    failures += [
+        f"{mode}: greedy tokens differ from the reference at token {g['matched_prefix']}"
+        for mode, g in greedy.items()
+        if g["matched_prefix"] < g["tokens"]
+    ]
+    report["passed"] = not failures
+    report["failures"] = failures
+    return report

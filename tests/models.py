@@ -1,0 +1,70 @@
+"""Tiny decoders built from configs offline, and real ShadowPEFT checkpoints written by shadow-peft.
+
+Adapter weights are randomized (shadow-peft initializes W_up to zero, which would make injection a
+no-op and the attached-mode checks vacuous).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+TINY = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+ARCH_EXTRA = {
+    "llama": {},
+    "qwen2": {"tie_word_embeddings": False},
+    "qwen3": {"head_dim": 8},
+    # a short window makes the sliding-window mask matter in tests
+    "mistral": {"sliding_window": 6, "tie_word_embeddings": False},
+}
+
+
+def tiny_base(folder: Path, model_type: str = "llama", seed: int = 0, **overrides) -> Path:
+    """Write a tiny random HF model (config.json + model.safetensors) into folder."""
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, **{**TINY, **ARCH_EXTRA[model_type], **overrides})
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(folder)
+    return folder
+
+
+def write_checkpoint(
+    folder: Path,
+    base_dir: Path,
+    seed: int = 1,
+    shadow_model=None,
+    train_shadow_head: bool = False,
+    **shadow_kwargs,
+) -> Path:
+    """A ShadowPEFT checkpoint of the model in base_dir, saved by shadow-peft itself."""
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = ShadowConfig(
+        **{"num_shadow_layers": 1, "injection_hidden_size": 8, "gate_hidden_size": 6, **shadow_kwargs},
+        **({"modules_to_save": ["shadow_lm_head"]} if train_shadow_head else {}),
+    )
+    model = ShadowForCausalLM(get_shadow_model(base, config, shadow_model=shadow_model))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.peft_model.named_parameters():
+            if name.startswith("shadow_"):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+        if train_shadow_head:
+            head = model.shadow_lm_head.weight
+            head.add_(torch.randn(head.shape, generator=generator) * 0.1)
+    model.save_pretrained(folder)
+    return folder
