@@ -1,0 +1,150 @@
+"""The `shadow-edge` command: wiring only. Each command checks its flags, calls one library
+function, and prints a Rich table or JSON. Library errors become one line (what happened, what
+to do next) and exit code 1; SHADOW_EDGE_DEBUG=1 shows the traceback instead. torch is imported
+by `export` alone, so the other commands start fast and run where torch is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import ShadowEdgeError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Export ShadowPEFT models to ONNX and run them on edge CPUs.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, hint: str = "") -> None:
+    err_console.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), highlight=False)
+    raise typer.Exit(1)
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors (and Ctrl-C) into one line and a non-zero exit."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get("SHADOW_EDGE_DEBUG"):
+            return command(*args, **kwargs)
+        try:
+            return command(*args, **kwargs)
+        except ShadowEdgeError as exc:
+            fail(str(exc), exc.hint)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: nothing was written")
+            raise typer.Exit(130) from None
+        except ImportError as exc:
+            fail(f"{exc.name or exc} is not installed", 'install the export extra: pip install "shadow-edge[export]"')
+
+    return run
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+@app.command()
+@friendly_errors
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="ShadowPEFT checkpoint folder (shadow_config.json ...)")],
+    output: Annotated[Path, typer.Argument(help="bundle folder to write")],
+    base: Annotated[Path | None, typer.Option(help="base model folder (default: CHECKPOINT/base)")] = None,
+    shadow: Annotated[Path | None, typer.Option(help="explicit shadow config folder (default: CHECKPOINT/shadow_model)")] = None,
+    opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset")] = 17,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
+    validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
+    tolerance: Annotated[float, typer.Option(min=0.0, help="max |logit diff| allowed by validation")] = 1e-3,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Export a ShadowPEFT checkpoint to a validated ONNX bundle."""
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .exporters.export import STAGES
+    from .exporters.export import export as run_export
+
+    labels = {"load": "loading checkpoint and base model", "shadow": "tracing shadow graph",
+              "shadow_lm": "tracing detached shadow graph", "backbone": "tracing backbone graph",
+              "tokenizer": "copying tokenizer", "validate": "validating against PyTorch", "finish": "writing manifest"}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True, disable=as_json) as progress:
+        task = progress.add_task(labels["load"], total=len(STAGES))
+
+        def advance(stage: str) -> None:
+            index = STAGES.index(stage)
+            following = STAGES[index + 1] if index + 1 < len(STAGES) else stage
+            progress.update(task, completed=index + 1, description=labels[following])
+
+        result = run_export(checkpoint, output, base=base, shadow=shadow, opset=opset, force=force,
+                            validate=validate, tolerance=tolerance, progress=advance)
+    if as_json:
+        print(json.dumps({"output": str(result.output), "seconds": round(result.seconds, 2),
+                          "validation": result.manifest.validation}))
+        return
+    _print_manifest(result.output)
+    console.print(f"[green]exported[/] {result.output} in {result.seconds:.1f} s")
+
+
+@app.command()
+@friendly_errors
+def inspect(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the manifest as JSON")] = False,
+) -> None:
+    """Show a bundle's graphs, inputs/outputs, sizes and validation figures."""
+    from .bundle import read_manifest
+
+    manifest = read_manifest(bundle)
+    if as_json:
+        print(manifest.to_json(), end="")
+        return
+    _print_manifest(bundle)
+
+
+def _print_manifest(bundle: Path) -> None:
+    from .bundle import read_manifest
+
+    m = read_manifest(bundle)
+    model = m.model
+    console.print(
+        f"[bold]{bundle}[/]  {model.architecture}  vocab {model.vocab_size}  hidden {model.hidden_size}  "
+        f"modes: {', '.join(m.modes)}"
+    )
+    caches = Table("cache", "layers", "kv heads", "head dim", "hidden", title="KV caches")
+    for name, spec in (("base", model.base), ("shadow", model.shadow)):
+        caches.add_row(name, str(spec.num_layers), str(spec.num_kv_heads), str(spec.head_dim), str(spec.hidden_size))
+    console.print(caches)
+    graphs = Table("graph", "file", "inputs", "outputs", "weights", title="Graphs")
+    per_graph = m.source.get("weights", {}).get("bytes_per_graph", {})
+    for name, g in m.graphs.items():
+        ins = ", ".join(t.name for t in g.inputs if not t.name.startswith("past_key_values")) + ", past_key_values.*"
+        outs = ", ".join(t.name for t in g.outputs if not t.name.startswith("present")) + ", present.*"
+        graphs.add_row(name, g.file, ins, outs, _human_bytes(per_graph.get(name, 0)))
+    console.print(graphs)
+    files = Table("file", "size", "sha256", title=f"Files ({_human_bytes(sum(f.size for f in m.files.values()))})")
+    for name, f in m.files.items():
+        files.add_row(name, _human_bytes(f.size), f.sha256[:12])
+    console.print(files)
+    v = m.validation
+    if v.get("skipped") or not v:
+        console.print("[yellow]validation: skipped at export[/]")
+        return
+    table = Table("mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})")
+    for mode in ("attached", "detached"):
+        g = v["greedy"][mode]
+        table.add_row(mode, f"{v[mode]['max_abs_diff']:.2e}", f"{v[mode]['argmax_agree']}/{v[mode]['positions']}",
+                      f"{g['matched_prefix']}/{g['tokens']}")
+    console.print(table)
