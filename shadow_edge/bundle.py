@@ -121,8 +121,7 @@ class Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(
-                f"bundle format version {version!r} is not supported (this shadow-edge reads "
-                f"version {FORMAT_VERSION})",
+                f"bundle format version {version!r} is not supported (this shadow-edge reads version {FORMAT_VERSION})",
                 hint="re-export the checkpoint with this version of shadow-edge",
             )
         try:

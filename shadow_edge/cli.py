@@ -19,7 +19,9 @@ from rich.table import Table
 
 from .errors import ShadowEdgeError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Export ShadowPEFT models to ONNX and run them on edge CPUs.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Export ShadowPEFT models to ONNX and run them on edge CPUs."
+)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -63,7 +65,9 @@ def export(
     checkpoint: Annotated[Path, typer.Argument(help="ShadowPEFT checkpoint folder (shadow_config.json ...)")],
     output: Annotated[Path, typer.Argument(help="bundle folder to write")],
     base: Annotated[Path | None, typer.Option(help="base model folder (default: CHECKPOINT/base)")] = None,
-    shadow: Annotated[Path | None, typer.Option(help="explicit shadow config folder (default: CHECKPOINT/shadow_model)")] = None,
+    shadow: Annotated[
+        Path | None, typer.Option(help="explicit shadow config folder (default: CHECKPOINT/shadow_model)")
+    ] = None,
     opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset")] = 17,
     force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
@@ -76,11 +80,24 @@ def export(
     from .exporters.export import STAGES
     from .exporters.export import export as run_export
 
-    labels = {"load": "loading checkpoint and base model", "shadow": "tracing shadow graph",
-              "shadow_lm": "tracing detached shadow graph", "backbone": "tracing backbone graph",
-              "tokenizer": "copying tokenizer", "validate": "validating against PyTorch", "finish": "writing manifest"}
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True, disable=as_json) as progress:
+    labels = {
+        "load": "loading checkpoint and base model",
+        "shadow": "tracing shadow graph",
+        "shadow_lm": "tracing detached shadow graph",
+        "backbone": "tracing backbone graph",
+        "tokenizer": "copying tokenizer",
+        "validate": "validating against PyTorch",
+        "finish": "writing manifest",
+    }
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
         task = progress.add_task(labels["load"], total=len(STAGES))
 
         def advance(stage: str) -> None:
@@ -88,11 +105,27 @@ def export(
             following = STAGES[index + 1] if index + 1 < len(STAGES) else stage
             progress.update(task, completed=index + 1, description=labels[following])
 
-        result = run_export(checkpoint, output, base=base, shadow=shadow, opset=opset, force=force,
-                            validate=validate, tolerance=tolerance, progress=advance)
+        result = run_export(
+            checkpoint,
+            output,
+            base=base,
+            shadow=shadow,
+            opset=opset,
+            force=force,
+            validate=validate,
+            tolerance=tolerance,
+            progress=advance,
+        )
     if as_json:
-        print(json.dumps({"output": str(result.output), "seconds": round(result.seconds, 2),
-                          "validation": result.manifest.validation}))
+        print(
+            json.dumps(
+                {
+                    "output": str(result.output),
+                    "seconds": round(result.seconds, 2),
+                    "validation": result.manifest.validation,
+                }
+            )
+        )
         return
     _print_manifest(result.output)
     console.print(f"[green]exported[/] {result.output} in {result.seconds:.1f} s")
@@ -142,9 +175,15 @@ def _print_manifest(bundle: Path) -> None:
     if v.get("skipped") or not v:
         console.print("[yellow]validation: skipped at export[/]")
         return
-    table = Table("mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})")
+    table = Table(
+        "mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})"
+    )
     for mode in ("attached", "detached"):
         g = v["greedy"][mode]
-        table.add_row(mode, f"{v[mode]['max_abs_diff']:.2e}", f"{v[mode]['argmax_agree']}/{v[mode]['positions']}",
-                      f"{g['matched_prefix']}/{g['tokens']}")
+        table.add_row(
+            mode,
+            f"{v[mode]['max_abs_diff']:.2e}",
+            f"{v[mode]['argmax_agree']}/{v[mode]['positions']}",
+            f"{g['matched_prefix']}/{g['tokens']}",
+        )
     console.print(table)

@@ -200,7 +200,9 @@ def load_checkpoint(
     base_model, base_file = load_base_model(base_dir)
     _check_fit(base_model, config, adapter, modules)
 
-    explicit = any(k.startswith("shadow_model.embed_tokens.") for k in adapter) or "shadow_hidden_projection.weight" in adapter
+    explicit = (
+        any(k.startswith("shadow_model.embed_tokens.") for k in adapter) or "shadow_hidden_projection.weight" in adapter
+    )
     shadow_dir = _find_dir(shadow, ckpt, SHADOW_SUBDIR)
     if shadow_dir is not None:
         explicit = True

@@ -122,11 +122,18 @@ def _token_ids(config) -> tuple[int | None, list[int], int | None]:
 
 def _generation_defaults(loaded: LoadedCheckpoint, eos_ids: list[int]) -> dict:
     gen = getattr(loaded.base_model, "generation_config", None)
-    defaults = {"max_new_tokens": 256, "temperature": 0.0, "top_k": 0, "top_p": 1.0,
-                "repetition_penalty": 1.0, "eos_token_ids": eos_ids}
+    defaults = {
+        "max_new_tokens": 256,
+        "temperature": 0.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "repetition_penalty": 1.0,
+        "eos_token_ids": eos_ids,
+    }
     if gen is not None and gen.do_sample:
-        defaults.update(temperature=float(gen.temperature or 1.0), top_k=int(gen.top_k or 0),
-                        top_p=float(gen.top_p or 1.0))
+        defaults.update(
+            temperature=float(gen.temperature or 1.0), top_k=int(gen.top_k or 0), top_p=float(gen.top_p or 1.0)
+        )
     return defaults
 
 
@@ -171,7 +178,9 @@ def export(
         graph_io, weights = export_graphs(loaded, folder, opset=opset, on_graph=notify)
         embedding = _embedding_notes(loaded, weights)
         graphs = {
-            name: GraphSpec(file=file, inputs=inputs, outputs=outputs, purpose=PURPOSES[name], embedding=embedding[name])
+            name: GraphSpec(
+                file=file, inputs=inputs, outputs=outputs, purpose=PURPOSES[name], embedding=embedding[name]
+            )
             for name, (file, inputs, outputs) in graph_io.items()
         }
         tokenizer = _save_tokenizer(loaded, folder)
@@ -229,5 +238,7 @@ def export(
 
 
 def export_json_summary(result: ExportResult) -> str:
-    return json.dumps({"output": str(result.output), "seconds": round(result.seconds, 2),
-                       "validation": result.manifest.validation}, indent=2)
+    return json.dumps(
+        {"output": str(result.output), "seconds": round(result.seconds, 2), "validation": result.manifest.validation},
+        indent=2,
+    )

@@ -145,8 +145,9 @@ class BackboneGraph(nn.Module):
 
     def _inject(self, hidden: torch.Tensor, shadow: torch.Tensor, k: int) -> torch.Tensor:
         # h + alpha * ((h - s) @ W_down[k]) @ W_up[k]   (dropout is off at inference)
-        delta = torch.matmul(torch.matmul(hidden - shadow, self.injection.injection_downs[k]),
-                             self.injection.injection_ups[k])
+        delta = torch.matmul(
+            torch.matmul(hidden - shadow, self.injection.injection_downs[k]), self.injection.injection_ups[k]
+        )
         return hidden + self.injection.alpha * delta
 
     def forward(self, input_ids, attention_mask, position_ids, shadow_states, num_logits_to_keep, *past):

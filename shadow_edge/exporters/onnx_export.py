@@ -101,7 +101,9 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     for value in values:
         tensor = value.type.tensor_type
         shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-        specs.append(TensorSpec(name=value.name, dtype=_ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)), shape=shape))
+        specs.append(
+            TensorSpec(name=value.name, dtype=_ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)), shape=shape)
+        )
     return specs
 
 

@@ -159,7 +159,9 @@ def validate_bundle(
     options = session_options()
     runners = _Runners(
         shadow=GraphRunner(folder / graphs[SHADOW_GRAPH].file, graphs[SHADOW_GRAPH], caches["shadow"], options),
-        shadow_lm=GraphRunner(folder / graphs[SHADOW_LM_GRAPH].file, graphs[SHADOW_LM_GRAPH], caches["shadow"], options),
+        shadow_lm=GraphRunner(
+            folder / graphs[SHADOW_LM_GRAPH].file, graphs[SHADOW_LM_GRAPH], caches["shadow"], options
+        ),
         backbone=GraphRunner(folder / graphs[BACKBONE_GRAPH].file, graphs[BACKBONE_GRAPH], caches["base"], options),
     )
     ref = _Reference(loaded.reference)
