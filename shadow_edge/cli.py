@@ -27,7 +27,9 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, hint: str = "") -> None:
-    err_console.print(f"[bold red]error:[/] {message}" + (f"\n[dim]hint: {hint}[/]" if hint else ""), highlight=False)
+    """One line on stderr (never wrapped), then exit 1."""
+    err_console.print(f"[bold red]error:[/] {message}" + (f"; [dim]{hint}[/]" if hint else ""),
+                      highlight=False, soft_wrap=True)
     raise typer.Exit(1)
 
 

@@ -20,6 +20,7 @@ TINY = dict(
     num_key_value_heads=2,
     max_position_embeddings=128,
     tie_word_embeddings=True,
+    initializer_range=0.2,  # logits of a few units, so that 1e-4 is a meaningful bound
     bos_token_id=1,
     eos_token_id=2,
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
 import shutil
 import tempfile
 import time
@@ -61,12 +60,32 @@ def _versions() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No progress bars, warnings or prints from transformers/shadow-peft while exporting."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
 def _staging(output: Path, force: bool) -> Iterator[Path]:
     """A temporary folder beside output, renamed onto it only if the body completes."""
     if output.exists() and not force:
         raise OutputExistsError(f"output {output} already exists")
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary folder
     try:
         yield staging
         if output.exists():
@@ -88,8 +107,7 @@ def _save_tokenizer(loaded: LoadedCheckpoint, folder: Path) -> dict:
     if not (has_files or loaded.base_file):
         return {}
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            tokenizer = AutoTokenizer.from_pretrained(loaded.base_dir, gguf_file=loaded.base_file)
+        tokenizer = AutoTokenizer.from_pretrained(loaded.base_dir, gguf_file=loaded.base_file)
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     scratch = folder / ".tokenizer"
@@ -169,12 +187,9 @@ def export(
     started = time.perf_counter()
     output = Path(output)
     notify = progress or (lambda stage: None)
-    if output.exists() and not force:
-        raise OutputExistsError(f"output {output} already exists")
-    with contextlib.redirect_stdout(io.StringIO()):  # shadow-peft prints while loading
+    with _quiet_transformers(), _staging(output, force) as folder:
         loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
-    notify("load")
-    with _staging(output, force) as folder:
+        notify("load")
         graph_io, weights = export_graphs(loaded, folder, opset=opset, on_graph=notify)
         embedding = _embedding_notes(loaded, weights)
         graphs = {
@@ -235,10 +250,3 @@ def export(
         (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         notify("finish")
     return ExportResult(output=output, manifest=manifest, seconds=time.perf_counter() - started)
-
-
-def export_json_summary(result: ExportResult) -> str:
-    return json.dumps(
-        {"output": str(result.output), "seconds": round(result.seconds, 2), "validation": result.manifest.validation},
-        indent=2,
-    )

@@ -89,8 +89,8 @@ def _last_positions(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def _head(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """lm_head on 2-D input: it exports as Gemm(transB=1), reading the [vocab, d] table untransposed,
-    so a tied head and the embedding stay one tensor on disk."""
+    """lm_head on 2-D input, so that onnx_export.tie_transposed_heads can make it a Gemm that reads
+    the [vocab, d] embedding table itself."""
     batch, seq, dim = hidden.shape
     return nn.functional.linear(hidden.reshape(-1, dim), weight).reshape(batch, seq, -1)
 

