@@ -5,6 +5,7 @@ A bundle is a folder:
     shadow.onnx          tokens (+ shadow past KV) -> shadow_states (+ present KV)      [attached]
     shadow_lm.onnx       the same decoder plus the shadow head -> logits (+ present KV) [detached]
     backbone.onnx        tokens + shadow_states (+ base past KV) -> logits (+ present KV) [attached]
+    base_lm.onnx         optional: the base model alone, without the adapter              [base]
     weights.data         every initializer of every graph, each distinct tensor stored once
     tokenizer.json ...   when the base model has a tokenizer
 
@@ -30,7 +31,12 @@ MANIFEST_FILE = "manifest.json"
 SHADOW_GRAPH = "shadow"
 SHADOW_LM_GRAPH = "shadow_lm"
 BACKBONE_GRAPH = "backbone"
-MODE_GRAPHS = {"attached": (SHADOW_GRAPH, BACKBONE_GRAPH), "detached": (SHADOW_LM_GRAPH,)}
+BASE_LM_GRAPH = "base_lm"
+MODE_GRAPHS = {
+    "attached": (SHADOW_GRAPH, BACKBONE_GRAPH),
+    "detached": (SHADOW_LM_GRAPH,),
+    "base": (BASE_LM_GRAPH,),  # only in bundles exported with --with-base
+}
 
 # I/O names follow optimum / onnxruntime-genai so the detached graph is a plain decoder.
 PAST_KEY = "past_key_values.{}.key"
@@ -211,6 +217,16 @@ def graph_files(manifest: Manifest, graph: str) -> list[str]:
     spec = manifest.graphs[graph]
     weights = [name for name in manifest.files if name.endswith(".data")]
     return [spec.file, *weights]
+
+
+def cache_for(model: ModelSpec, graph: str) -> CacheSpec:
+    """The KV cache a graph reads and writes: the base's for backbone/base_lm, else the shadow's."""
+    return model.base if graph in (BACKBONE_GRAPH, BASE_LM_GRAPH) else model.shadow
+
+
+def modes_of(graphs: dict) -> list[str]:
+    """The modes whose graphs are all present."""
+    return [mode for mode, names in MODE_GRAPHS.items() if all(name in graphs for name in names)]
 
 
 def finite_or_none(value: float) -> float | None:

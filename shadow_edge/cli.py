@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -28,8 +29,9 @@ err_console = Console(stderr=True)
 
 def fail(message: str, hint: str = "") -> None:
     """One line on stderr (never wrapped), then exit 1."""
-    err_console.print(f"[bold red]error:[/] {message}" + (f"; [dim]{hint}[/]" if hint else ""),
-                      highlight=False, soft_wrap=True)
+    err_console.print(
+        f"[bold red]error:[/] {message}" + (f"; [dim]{hint}[/]" if hint else ""), highlight=False, soft_wrap=True
+    )
     raise typer.Exit(1)
 
 
@@ -74,6 +76,7 @@ def export(
     force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     tolerance: Annotated[float, typer.Option(min=0.0, help="max |logit diff| allowed by validation")] = 1e-3,
+    with_base: Annotated[bool, typer.Option("--with-base", help="add the base model alone (mode 'base')")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Export a ShadowPEFT checkpoint to a validated ONNX bundle."""
@@ -87,6 +90,7 @@ def export(
         "shadow": "tracing shadow graph",
         "shadow_lm": "tracing detached shadow graph",
         "backbone": "tracing backbone graph",
+        "base_lm": "tracing base graph",
         "tokenizer": "copying tokenizer",
         "validate": "validating against PyTorch",
         "finish": "writing manifest",
@@ -116,6 +120,7 @@ def export(
             force=force,
             validate=validate,
             tolerance=tolerance,
+            with_base=with_base,
             progress=advance,
         )
     if as_json:
@@ -180,7 +185,7 @@ def _print_manifest(bundle: Path) -> None:
     table = Table(
         "mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})"
     )
-    for mode in ("attached", "detached"):
+    for mode in m.modes:
         g = v["greedy"][mode]
         table.add_row(
             mode,
@@ -189,3 +194,100 @@ def _print_manifest(bundle: Path) -> None:
             f"{g['matched_prefix']}/{g['tokens']}",
         )
     console.print(table)
+
+
+@app.command()
+@friendly_errors
+def run(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    prompt: Annotated[str | None, typer.Option(help="prompt text (the user message with --chat)")] = None,
+    prompt_ids: Annotated[str | None, typer.Option(help="prompt token ids, e.g. 1,2,3")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="use the chat template; interactive without --prompt")] = False,
+    detached: Annotated[bool, typer.Option("--detached", help="shadow network only (no backbone)")] = False,
+    max_new_tokens: Annotated[int | None, typer.Option(help="default: the bundle's, within the context")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="argmax decoding (temperature 0)")] = False,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default: the bundle's)")] = None,
+    top_k: Annotated[int | None, typer.Option(help="keep the k most likely tokens (0 = off)")] = None,
+    top_p: Annotated[float | None, typer.Option(help="nucleus sampling mass (1 = off)")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="1 = off")] = None,
+    seed: Annotated[int | None, typer.Option(help="same seed, same output")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: one per core)")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="check file sizes only, not sha256")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with tokens, text and stats")] = False,
+) -> None:
+    """Generate from a bundle: stream text (or token ids) to stdout, stats to stderr."""
+    from .errors import GenerationError
+    from .runtimes.generate import parse_token_ids
+    from .runtimes.model import load
+
+    sources = [name for name, given in (("--prompt", prompt), ("--prompt-ids", prompt_ids)) if given is not None]
+    if len(sources) > 1 or (chat and prompt_ids is not None):
+        raise GenerationError("give one of --prompt TEXT, --prompt-ids 1,2,3 or --chat [--prompt TEXT]")
+    if not sources and not chat:
+        raise GenerationError("no prompt given", hint="pass --prompt TEXT, --prompt-ids 1,2,3 or --chat")
+    if greedy and any(v is not None for v in (temperature, top_k, top_p)):
+        raise GenerationError("--greedy cannot be combined with --temperature, --top-k or --top-p")
+    if threads is not None and threads < 1:
+        raise GenerationError(f"--threads must be at least 1, got {threads}")
+    flags = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=0.0 if greedy else temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=stop,
+    )
+    settings = {k: v for k, v in flags.items() if v is not None}
+    interactive = chat and prompt is None and sys.stdin.isatty()
+    if interactive and as_json:
+        raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
+    model = load(
+        bundle, mode="detached" if detached else "attached", threads=threads, verify="size" if no_verify else "hash"
+    )
+    if chat and not (model.tokenizer and model.tokenizer.chat_template):
+        raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")
+    if interactive:
+        _chat_loop(model, settings)
+        return
+    if chat:
+        message = prompt if prompt is not None else sys.stdin.read()
+        ids = model.encode_chat([{"role": "user", "content": message}])
+    else:
+        ids = model.encode(prompt) if prompt is not None else parse_token_ids(prompt_ids or "")
+    if as_json:
+        print(json.dumps(model.generate(ids, **settings).to_dict()))
+        return
+    _stream(model, ids, settings)
+
+
+def _stream(model: Any, ids: list[int], settings: dict[str, Any]) -> str:
+    """Print a generation as it is produced (text, or ids without a tokenizer); returns the text."""
+    pieces = []
+    last = None
+    for last in model.stream(ids, **settings):
+        piece = last.text if model.tokenizer is not None else f"{last.token} "
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if last is not None:
+        err_console.print(f"[dim]{last.summary()}[/]", highlight=False, soft_wrap=True)
+    return "".join(pieces)
+
+
+def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
+    messages: list[dict[str, str]] = []
+    err_console.print("[dim]chat: an empty line or Ctrl-D ends it[/]")
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line.strip():
+            return
+        messages.append({"role": "user", "content": line})
+        answer = _stream(model, model.encode_chat(messages), settings)
+        messages.append({"role": "assistant", "content": answer})

@@ -241,3 +241,14 @@ def test_force_replaces_a_bundle_and_inspect_reports_it(tiny_exports, tmp_path):
     assert code == 0 and json.loads(output)["model"]["model_type"] == "mistral"
     code, output = run_cli("inspect", out)
     assert code == 0 and "backbone.onnx" in output and "attached" in output
+
+
+def test_base_mode_adds_a_graph_but_no_weights(tiny_exports, tmp_path):
+    exported = tiny_exports["llama"]
+    manifest = shadow_edge.export(exported.checkpoint, tmp_path / "out", with_base=True).manifest
+    assert manifest.modes == ["attached", "detached", "base"]
+    validation = manifest.validation
+    assert validation["base"]["max_abs_diff"] <= TINY_TOLERANCE
+    assert validation["greedy"]["base"]["onnx"] == validation["greedy"]["base"]["reference"]
+    without = (exported.bundle / "weights.data").stat().st_size
+    assert (tmp_path / "out" / "weights.data").stat().st_size == without  # base_lm reuses stored tensors

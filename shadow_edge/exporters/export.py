@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..bundle import (
     BACKBONE_GRAPH,
+    BASE_LM_GRAPH,
     MANIFEST_FILE,
     SHADOW_GRAPH,
     SHADOW_LM_GRAPH,
@@ -28,19 +29,21 @@ from ..bundle import (
     Manifest,
     ModelSpec,
     file_entries,
+    modes_of,
 )
 from ..errors import ExportError, OutputExistsError
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
 from .validate import DEFAULT_TOLERANCE, validate_bundle
 
-STAGES = ("load", "shadow", "shadow_lm", "backbone", "tokenizer", "validate", "finish")
+STAGES = ("load", "shadow", "shadow_lm", "backbone", "base_lm", "tokenizer", "validate", "finish")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 PURPOSES = {
     SHADOW_GRAPH: "attached: shadow network on new tokens -> shadow_states for the backbone (no head)",
     SHADOW_LM_GRAPH: "detached: the shadow network as a plain decoder with its own head -> logits",
     BACKBONE_GRAPH: "attached: base decoder with injection/update baked in, fed shadow_states -> logits",
+    BASE_LM_GRAPH: "base: the base model alone, without the adapter (A/B comparisons, speed baseline)",
 }
 
 
@@ -168,6 +171,7 @@ def _embedding_notes(loaded: LoadedCheckpoint, weights: SharedWeights) -> dict[s
         "(deduplicated with the lm_head when identical)",
         BACKBONE_GRAPH: f"Gather on the base embedding table in {WEIGHTS_FILE}"
         + ("; the tied lm_head is Gemm(transB=1) on the same stored tensor" if tied else ""),
+        BASE_LM_GRAPH: f"the backbone graph's stored tensors in {WEIGHTS_FILE} (no weights of its own)",
     }
 
 
@@ -181,6 +185,7 @@ def export(
     force: bool = False,
     validate: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
+    with_base: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring."""
@@ -190,7 +195,8 @@ def export(
     with _quiet_transformers(), _staging(output, force) as folder:
         loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
         notify("load")
-        graph_io, weights = export_graphs(loaded, folder, opset=opset, on_graph=notify)
+        names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, BACKBONE_GRAPH) + ((BASE_LM_GRAPH,) if with_base else ())
+        graph_io, weights = export_graphs(loaded, folder, names, opset=opset, on_graph=notify)
         embedding = _embedding_notes(loaded, weights)
         graphs = {
             name: GraphSpec(
@@ -201,31 +207,31 @@ def export(
         tokenizer = _save_tokenizer(loaded, folder)
         notify("tokenizer")
         config = loaded.base_model.config
-        caches = {"base": cache_spec(config), "shadow": cache_spec(loaded.peft.shadow_model.config)}
+        bos, eos_ids, pad = _token_ids(config)
+        model = ModelSpec(
+            architecture=type(loaded.base_model).__name__,
+            model_type=config.model_type,
+            vocab_size=int(config.vocab_size),
+            hidden_size=int(config.hidden_size),
+            max_position_embeddings=int(config.max_position_embeddings),
+            dtype="float32",
+            base=cache_spec(config),
+            shadow=cache_spec(loaded.peft.shadow_model.config),
+            bos_token_id=bos,
+            eos_token_ids=eos_ids,
+            pad_token_id=pad,
+        )
         validation = {"skipped": True}
         if validate:
-            validation = validate_bundle(loaded, folder, graphs, caches, tolerance=tolerance)
+            validation = validate_bundle(loaded, folder, graphs, model, tolerance=tolerance)
             if not validation["passed"]:
                 raise ExportError("validation failed, nothing written: " + "; ".join(validation["failures"]))
         notify("validate")
-        bos, eos_ids, pad = _token_ids(config)
         manifest = Manifest(
-            model=ModelSpec(
-                architecture=type(loaded.base_model).__name__,
-                model_type=config.model_type,
-                vocab_size=int(config.vocab_size),
-                hidden_size=int(config.hidden_size),
-                max_position_embeddings=int(config.max_position_embeddings),
-                dtype="float32",
-                base=caches["base"],
-                shadow=caches["shadow"],
-                bos_token_id=bos,
-                eos_token_ids=eos_ids,
-                pad_token_id=pad,
-            ),
+            model=model,
             graphs=graphs,
             files=file_entries(folder),
-            modes=["attached", "detached"],
+            modes=modes_of(graphs),
             source={
                 "format": "shadow-peft",
                 "checkpoint": str(Path(checkpoint).resolve()),

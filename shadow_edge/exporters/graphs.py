@@ -2,10 +2,11 @@
 
 Each wraps modules of the reference model (same parameters, no copies) and re-states its
 forward pass with the cache as plain tensors:
-    ShadowGraph    input_ids, attention_mask, position_ids, past (shadow)  -> shadow_states, present
-    ShadowLMGraph  the same + num_logits_to_keep                          -> logits, present
-    BackboneGraph  input_ids, attention_mask, position_ids, shadow_states,
+    shadow         input_ids, attention_mask, position_ids, past (shadow)  -> shadow_states, present
+    shadow_lm      the same + num_logits_to_keep                          -> logits, present
+    backbone       input_ids, attention_mask, position_ids, shadow_states,
                    num_logits_to_keep, past (base)                        -> logits, present
+    base_lm        like shadow_lm, the base model without the adapter (optional)
 attention_mask is [batch, past + seq] (1 = real token); position_ids are [batch, seq].
 KV tensors are [batch, kv_heads, seq, head_dim]. Inject/update act on each position alone, so
 cached decoding is exact (see DESIGN.md).
@@ -95,18 +96,17 @@ def _head(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return nn.functional.linear(hidden.reshape(-1, dim), weight).reshape(batch, seq, -1)
 
 
-class ShadowGraph(nn.Module):
-    def __init__(self, loaded: Any) -> None:
+class DecoderGraph(nn.Module):
+    """A plain decoder with a tensor KV cache: embed -> layers -> norm -> projection [-> head].
+    Without a head it returns the hidden states (the shadow state s0); with one, logits."""
+
+    def __init__(self, backbone: nn.Module, embed: nn.Module, projection: nn.Module, head: nn.Module | None) -> None:
         super().__init__()
-        peft = loaded.peft
-        self.shadow_backbone = peft.shadow_model
-        self.embed = (
-            loaded.base_model.get_input_embeddings()
-            if loaded.shares_base_embeddings
-            else self.shadow_backbone.get_input_embeddings()
-        )
-        self.projection = peft.shadow_hidden_projection
-        self.stack = _DecoderStack(self.shadow_backbone)
+        self.backbone = backbone
+        self.embed = embed
+        self.projection = projection
+        self.head = head
+        self.stack = _DecoderStack(backbone)
 
     def states(self, input_ids, attention_mask, position_ids, past) -> tuple[torch.Tensor, list[torch.Tensor]]:
         hidden = self.embed(input_ids)
@@ -114,25 +114,44 @@ class ShadowGraph(nn.Module):
         cache = _TensorCache(past)
         for i in range(len(self.stack.layers)):
             hidden = self.stack.layer(i, hidden, masks, rotary, position_ids, cache)
-        return self.projection(self.shadow_backbone.norm(hidden)), cache.present
+        return self.projection(self.backbone.norm(hidden)), cache.present
 
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        states, present = self.states(input_ids, attention_mask, position_ids, past)
-        return (states, *present)
+    def forward(self, input_ids, attention_mask, position_ids, *rest):
+        if self.head is None:
+            states, present = self.states(input_ids, attention_mask, position_ids, rest)
+            return (states, *present)
+        num_logits_to_keep, *past = rest
+        states, present = self.states(input_ids, attention_mask, position_ids, tuple(past))
+        return (_head(_last_positions(states, num_logits_to_keep), self.head.weight), *present)
 
 
-class ShadowLMGraph(ShadowGraph):
-    def __init__(self, loaded: Any) -> None:
-        super().__init__(loaded)
-        self.head = loaded.reference.shadow_lm_head
+def _shadow_embedding(loaded: Any) -> nn.Module:
+    source = loaded.base_model if loaded.shares_base_embeddings else loaded.peft.shadow_model
+    return source.get_input_embeddings()
 
-    def forward(self, input_ids, attention_mask, position_ids, num_logits_to_keep, *past):
-        states, present = self.states(input_ids, attention_mask, position_ids, past)
-        logits = _head(_last_positions(states, num_logits_to_keep), self.head.weight)
-        return (logits, *present)
+
+def shadow_graph(loaded: Any) -> DecoderGraph:
+    """Attached mode's shadow: s0 = P(S(e)), no head (the backbone consumes it)."""
+    peft = loaded.peft
+    return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, None)
+
+
+def shadow_lm_graph(loaded: Any) -> DecoderGraph:
+    """Detached mode: shadow_lm_head(s0)."""
+    peft = loaded.peft
+    head = loaded.reference.shadow_lm_head
+    return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, head)
+
+
+def base_lm_graph(loaded: Any) -> DecoderGraph:
+    """The base model alone, without the adapter: for A/B comparisons and as the speed baseline."""
+    base = loaded.base_model
+    return DecoderGraph(base.model, base.get_input_embeddings(), nn.Identity(), loaded.reference.lm_head)
 
 
 class BackboneGraph(nn.Module):
+    """Attached mode's base: injection before and update after each layer but the first."""
+
     def __init__(self, loaded: Any) -> None:
         super().__init__()
         peft = loaded.peft

@@ -20,8 +20,17 @@ import onnx
 import torch
 from onnx import TensorProto, numpy_helper
 
-from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, TensorSpec
-from .graphs import BackboneGraph, ShadowGraph, ShadowLMGraph
+from ..bundle import (
+    BACKBONE_GRAPH,
+    BASE_LM_GRAPH,
+    LOGITS_TO_KEEP,
+    SHADOW_GRAPH,
+    SHADOW_LM_GRAPH,
+    SHADOW_STATES,
+    CacheSpec,
+    TensorSpec,
+)
+from .graphs import BackboneGraph, base_lm_graph, shadow_graph, shadow_lm_graph
 
 WEIGHTS_FILE = "weights.data"
 INLINE_BYTES = 1024  # smaller tensors stay inside the .onnx file
@@ -48,16 +57,16 @@ def _io_names(kind: str, cache: CacheSpec) -> tuple[list[str], list[str], dict[s
         "attention_mask": {0: "batch", 1: "total_sequence"},
         "position_ids": {0: "batch", 1: "sequence"},
     }
-    if kind == "backbone":
+    if kind == BACKBONE_GRAPH:
         inputs.append(SHADOW_STATES)
         axes[SHADOW_STATES] = {0: "batch", 1: "sequence"}
-    if kind in ("backbone", "shadow_lm"):
+    if kind != SHADOW_GRAPH:
         inputs.append(LOGITS_TO_KEEP)
     inputs += cache.past_names()
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in cache.past_names()})
-    first = SHADOW_STATES if kind == "shadow" else "logits"
+    first = SHADOW_STATES if kind == SHADOW_GRAPH else "logits"
     outputs = [first, *cache.present_names()]
-    axes[first] = {0: "batch", 1: "sequence" if kind == "shadow" else "kept_sequence"}
+    axes[first] = {0: "batch", 1: "sequence" if kind == SHADOW_GRAPH else "kept_sequence"}
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in cache.present_names()})
     return inputs, outputs, axes
 
@@ -69,9 +78,9 @@ def _dummy_inputs(kind: str, cache: CacheSpec, hidden_size: int) -> tuple[torch.
         torch.ones(batch, past + seq, dtype=torch.long),
         torch.arange(past, past + seq).repeat(batch, 1),
     ]
-    if kind == "backbone":
+    if kind == BACKBONE_GRAPH:
         args.append(torch.randn(batch, seq, hidden_size))
-    if kind in ("backbone", "shadow_lm"):
+    if kind != SHADOW_GRAPH:
         args.append(torch.tensor(1, dtype=torch.long))
     kv = torch.zeros(batch, cache.num_kv_heads, past, cache.head_dim)
     args += [kv.clone() for _ in range(2 * cache.num_layers)]
@@ -177,11 +186,18 @@ class SharedWeights:
         return sum(self.offsets[k][1] for k in common)
 
 
-GRAPH_MODULES = {"shadow": ShadowGraph, "shadow_lm": ShadowLMGraph, "backbone": BackboneGraph}
+GRAPH_MODULES = {
+    SHADOW_GRAPH: shadow_graph,
+    SHADOW_LM_GRAPH: shadow_lm_graph,
+    BACKBONE_GRAPH: BackboneGraph,
+    BASE_LM_GRAPH: base_lm_graph,
+}
 
 
-def export_graphs(loaded, folder: Path, opset: int = DEFAULT_OPSET, on_graph=None) -> tuple[dict, SharedWeights]:
-    """Write shadow.onnx, shadow_lm.onnx, backbone.onnx and weights.data into folder.
+def export_graphs(
+    loaded, folder: Path, names: tuple[str, ...], opset: int = DEFAULT_OPSET, on_graph=None
+) -> tuple[dict, SharedWeights]:
+    """Write {name}.onnx for each named graph, and weights.data, into folder.
 
     Returns ({graph: (file, inputs, outputs)}, the shared weights record)."""
     base_cache = cache_spec(loaded.base_model.config)
@@ -189,9 +205,9 @@ def export_graphs(loaded, folder: Path, opset: int = DEFAULT_OPSET, on_graph=Non
     hidden = int(loaded.base_model.config.hidden_size)
     weights = SharedWeights(folder / WEIGHTS_FILE)
     graphs = {}
-    for kind, module_cls in GRAPH_MODULES.items():
-        cache = base_cache if kind == "backbone" else shadow_cache
-        model = trace_graph(module_cls(loaded), kind, cache, hidden, opset)
+    for kind in names:
+        cache = base_cache if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else shadow_cache
+        model = trace_graph(GRAPH_MODULES[kind](loaded), kind, cache, hidden, opset)
         tie_transposed_heads(model)
         weights.externalize(kind, model)
         file = f"{kind}.onnx"

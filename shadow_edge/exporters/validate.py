@@ -1,6 +1,7 @@
 """Compare exported graphs, run by onnxruntime, with the reference shadow-peft forward in PyTorch.
 
-Scenarios (both modes, attached = shadow + backbone graphs, detached = shadow_lm graph):
+Scenarios (every mode: attached = shadow + backbone graphs, detached = shadow_lm graph, and
+base = base_lm graph against a fresh copy of the base model when the bundle has it):
   prefill_then_decode  batch 1: prefill, single-token steps with a growing past, a 2-token chunk
   batch2_left_padding  batch 2, the shorter row left-padded; each row is compared with the
                        reference run on that row alone, unpadded
@@ -12,39 +13,49 @@ A graph fails when its max difference exceeds the tolerance (DEFAULT_TOLERANCE, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..bundle import BACKBONE_GRAPH, SHADOW_GRAPH, SHADOW_LM_GRAPH, CacheSpec, GraphSpec
+from ..bundle import BACKBONE_GRAPH, MODE_GRAPHS, SHADOW_GRAPH, GraphSpec, ModelSpec, cache_for, modes_of
 from ..runtimes.sessions import GraphRunner, session_options
+from .checkpoint import load_base_model
 
 DEFAULT_TOLERANCE = 1e-3
 GREEDY_TOKENS = 8
 
 
-@dataclass
 class _Runners:
-    shadow: GraphRunner
-    shadow_lm: GraphRunner
-    backbone: GraphRunner
+    """A session per graph; steps one mode's graphs on new tokens."""
+
+    def __init__(self, folder: Path, graphs: dict[str, GraphSpec], model: ModelSpec) -> None:
+        options = session_options()
+        self.runners = {
+            name: GraphRunner(folder / spec.file, spec, cache_for(model, name), options)
+            for name, spec in graphs.items()
+        }
+        self.modes = modes_of(graphs)
 
     def logits(self, mode: str, caches: dict, ids, mask, pos, keep: int) -> tuple[np.ndarray, np.ndarray | None]:
         """(logits, shadow states or None) for new tokens, advancing the mode's caches."""
-        if mode == "detached":
-            return self.shadow_lm.step(caches["shadow_lm"], ids, mask, pos, logits_to_keep=keep), None
-        states = self.shadow.step(caches["shadow"], ids, mask, pos)
-        return self.backbone.step(caches["backbone"], ids, mask, pos, shadow_states=states, logits_to_keep=keep), states
+        if mode == "attached":
+            states = self.runners[SHADOW_GRAPH].step(caches[SHADOW_GRAPH], ids, mask, pos)
+            backbone = self.runners[BACKBONE_GRAPH]
+            return backbone.step(
+                caches[BACKBONE_GRAPH], ids, mask, pos, shadow_states=states, logits_to_keep=keep
+            ), states
+        (name,) = MODE_GRAPHS[mode]
+        return self.runners[name].step(caches[name], ids, mask, pos, logits_to_keep=keep), None
 
     def new_caches(self, batch: int) -> dict:
-        return {name: getattr(self, name).new_cache(batch) for name in ("shadow", "shadow_lm", "backbone")}
+        return {name: runner.new_cache(batch) for name, runner in self.runners.items()}
 
 
 class _Reference:
-    def __init__(self, reference) -> None:
+    def __init__(self, reference, base_model=None) -> None:
         self.model = reference
+        self.base_model = base_model  # a fresh, unwrapped copy of the base (for the base_lm graph)
 
     @torch.no_grad()
     def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -56,11 +67,16 @@ class _Reference:
         states = self.model.peft_model._compute_initial_shadow_hidden(
             input_ids=input_ids, attention_mask=mask, position_ids=pos, inputs_embeds=None
         )
-        return {
+        result = {
             "attached": out.logits[0].numpy(),
             "detached": out.shadow_logits[0].numpy(),
             "states": states[0].numpy(),
         }
+        if self.base_model is not None:
+            result["base"] = (
+                self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=pos).logits[0].numpy()
+            )
+        return result
 
 
 class _Tally:
@@ -86,7 +102,7 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 
 def _prefill_then_decode(runners: _Runners, ref: _Reference, tokens: np.ndarray, tallies: dict) -> None:
     want = ref(tokens)
-    for mode in ("attached", "detached"):
+    for mode in runners.modes:
         caches = runners.new_caches(1)
         chunks = [(0, 8), (8, 9), (9, 10), (10, 12)]
         for start, end in chunks:
@@ -108,7 +124,7 @@ def _batch_left_padding(runners: _Runners, ref: _Reference, rows: list[np.ndarra
     for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
         ids[b, prompt_len - n :] = row[:n]
         mask[b, prompt_len - n :] = 1
-    for mode in ("attached", "detached"):
+    for mode in runners.modes:
         caches = runners.new_caches(2)
         logits, _ = runners.logits(mode, caches, ids, mask, _positions(mask), keep=0)
         for b, n in enumerate(lengths):
@@ -125,7 +141,7 @@ def _batch_left_padding(runners: _Runners, ref: _Reference, rows: list[np.ndarra
 
 def _greedy(runners: _Runners, ref: _Reference, prompt: np.ndarray) -> dict:
     result = {}
-    for mode in ("attached", "detached"):
+    for mode in runners.modes:
         caches = runners.new_caches(1)
         got: list[int] = []
         ids = prompt[None]
@@ -151,20 +167,17 @@ def validate_bundle(
     loaded,
     folder: Path,
     graphs: dict[str, GraphSpec],
-    caches: dict[str, CacheSpec],
+    model: ModelSpec,
     tolerance: float = DEFAULT_TOLERANCE,
     seed: int = 0,
 ) -> dict:
     """Run every scenario; returns the report stored in manifest['validation']."""
-    options = session_options()
-    runners = _Runners(
-        shadow=GraphRunner(folder / graphs[SHADOW_GRAPH].file, graphs[SHADOW_GRAPH], caches["shadow"], options),
-        shadow_lm=GraphRunner(
-            folder / graphs[SHADOW_LM_GRAPH].file, graphs[SHADOW_LM_GRAPH], caches["shadow"], options
-        ),
-        backbone=GraphRunner(folder / graphs[BACKBONE_GRAPH].file, graphs[BACKBONE_GRAPH], caches["base"], options),
-    )
-    ref = _Reference(loaded.reference)
+    runners = _Runners(folder, graphs, model)
+    base_model = None
+    if "base" in runners.modes:
+        base_model, _ = load_base_model(loaded.base_dir)
+        base_model.eval()
+    ref = _Reference(loaded.reference, base_model)
     vocab = int(loaded.base_model.config.vocab_size)
     rng = np.random.default_rng(seed)
     tokens = rng.integers(3, vocab, size=12)
@@ -172,7 +185,7 @@ def validate_bundle(
     pad_id = loaded.base_model.config.pad_token_id
     pad_id = int(pad_id) if pad_id is not None else 0
 
-    tallies = {"attached": _Tally(), "detached": _Tally(), "shadow_states": _Tally()}
+    tallies = {mode: _Tally() for mode in runners.modes} | {"shadow_states": _Tally()}
     _prefill_then_decode(runners, ref, tokens, tallies)
     _batch_left_padding(runners, ref, rows, pad_id, tallies)
     greedy = _greedy(runners, ref, tokens[:6])
@@ -183,7 +196,7 @@ def validate_bundle(
     report["scenarios"] = ["prefill_then_decode", "batch2_left_padding", "greedy"]
     failures = [
         f"{mode}: max |logit diff| {report[mode]['max_abs_diff']:.2e} > {tolerance:.0e}"
-        for mode in ("attached", "detached")
+        for mode in runners.modes
         if not report[mode]["max_abs_diff"] <= tolerance  # NaN fails too
     ]
     failures += [
