@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,9 +30,10 @@ from ..bundle import (
     file_entries,
     modes_of,
 )
-from ..errors import ExportError, OutputExistsError
+from ..errors import ExportError
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
+from .staging import staging
 from .validate import DEFAULT_TOLERANCE, validate_bundle
 
 STAGES = ("load", "shadow", "shadow_lm", "backbone", "base_lm", "tokenizer", "validate", "finish")
@@ -79,27 +79,6 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(verbosity)
         hf_logging.enable_progress_bar()
-
-
-@contextlib.contextmanager
-def _staging(output: Path, force: bool) -> Iterator[Path]:
-    """A temporary folder beside output, renamed onto it only if the body completes."""
-    if output.exists() and not force:
-        raise OutputExistsError(f"output {output} already exists")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is an ordinary folder
-    try:
-        yield staging
-        if output.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-            output.rename(old / output.name)
-            staging.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output)
-    finally:  # also on KeyboardInterrupt
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _save_tokenizer(loaded: LoadedCheckpoint, folder: Path) -> dict:
@@ -192,7 +171,7 @@ def export(
     started = time.perf_counter()
     output = Path(output)
     notify = progress or (lambda stage: None)
-    with _quiet_transformers(), _staging(output, force) as folder:
+    with _quiet_transformers(), staging(output, force) as folder:
         loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
         notify("load")
         names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, BACKBONE_GRAPH) + ((BASE_LM_GRAPH,) if with_base else ())
