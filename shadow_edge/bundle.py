@@ -61,6 +61,8 @@ class GraphSpec:
     outputs: list[TensorSpec]
     purpose: str
     embedding: str  # how this graph gets the token embedding table
+    precision: str = "float32"  # weights: "float32", "int8" (dynamic) or "int4" (MatMulNBits)
+    quantization: dict[str, Any] = field(default_factory=dict)  # method, settings, what was excluded
 
 
 @dataclass
@@ -111,6 +113,8 @@ class Manifest:
     validation: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)
     tokenizer: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)  # quantized bundles: eval against the source
+    mobile: dict[str, Any] = field(default_factory=dict)  # ORT-format graphs, onnxruntime-genai folder
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -134,10 +138,11 @@ class Manifest:
             model = dict(data["model"])
             model["base"] = CacheSpec(**model["base"])
             model["shadow"] = CacheSpec(**model["shadow"])
+            graph_fields = {f.name for f in fields(GraphSpec)}  # newer optional fields are ignored
             graphs = {
                 name: GraphSpec(
                     **{
-                        **g,
+                        **{k: v for k, v in g.items() if k in graph_fields},
                         "inputs": [TensorSpec(**t) for t in g["inputs"]],
                         "outputs": [TensorSpec(**t) for t in g["outputs"]],
                     }
