@@ -61,6 +61,8 @@ class GraphSpec:
     outputs: list[TensorSpec]
     purpose: str
     embedding: str  # how this graph gets the token embedding table
+    # weight bytes one decoded token reads: every initializer, but one row of a Gather table
+    weight_bytes_per_token: int = 0
     precision: str = "float32"  # weights: "float32", "int8" (dynamic) or "int4" (MatMulNBits)
     quantization: dict[str, Any] = field(default_factory=dict)  # method, settings, what was excluded
 

@@ -179,9 +179,14 @@ def export(
         embedding = _embedding_notes(loaded, weights)
         graphs = {
             name: GraphSpec(
-                file=file, inputs=inputs, outputs=outputs, purpose=PURPOSES[name], embedding=embedding[name]
+                file=file,
+                inputs=inputs,
+                outputs=outputs,
+                purpose=PURPOSES[name],
+                embedding=embedding[name],
+                weight_bytes_per_token=per_token,
             )
-            for name, (file, inputs, outputs) in graph_io.items()
+            for name, (file, inputs, outputs, per_token) in graph_io.items()
         }
         tokenizer = _save_tokenizer(loaded, folder)
         notify("tokenizer")

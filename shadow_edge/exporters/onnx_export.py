@@ -106,6 +106,26 @@ def trace_graph(module: torch.nn.Module, kind: str, cache: CacheSpec, hidden_siz
     return onnx.load_from_string(buffer.getvalue())
 
 
+def weight_bytes_per_token(model: onnx.ModelProto) -> int:
+    """Bytes of weights one decode step reads: all initializers, except that a table read only by
+    Gather (an embedding) costs one row per token."""
+    graph = model.graph
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, slot))
+    total = 0
+    for tensor in graph.initializer:
+        dims = list(tensor.dims)
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        count = int(np.prod(dims)) if dims else 1
+        uses = consumers.get(tensor.name, [])
+        if uses and all(use == ("Gather", 0) for use in uses) and len(dims) >= 2:
+            count //= dims[0]
+        total += count * itemsize
+    return total
+
+
 def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     specs = []
     for value in values:
@@ -199,7 +219,7 @@ def export_graphs(
 ) -> tuple[dict, SharedWeights]:
     """Write {name}.onnx for each named graph, and weights.data, into folder.
 
-    Returns ({graph: (file, inputs, outputs)}, the shared weights record)."""
+    Returns ({graph: (file, inputs, outputs, weight bytes per token)}, the shared weights record)."""
     base_cache = cache_spec(loaded.base_model.config)
     shadow_cache = cache_spec(loaded.peft.shadow_model.config)
     hidden = int(loaded.base_model.config.hidden_size)
@@ -212,7 +232,12 @@ def export_graphs(
         weights.externalize(kind, model)
         file = f"{kind}.onnx"
         onnx.save_model(model, folder / file)
-        graphs[kind] = (file, tensor_specs(list(model.graph.input)), tensor_specs(list(model.graph.output)))
+        graphs[kind] = (
+            file,
+            tensor_specs(list(model.graph.input)),
+            tensor_specs(list(model.graph.output)),
+            weight_bytes_per_token(model),
+        )
         if on_graph is not None:
             on_graph(kind)
     return graphs, weights

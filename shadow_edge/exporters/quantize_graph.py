@@ -1,0 +1,180 @@
+"""Weight quantization of one ONNX graph: int8 dynamic or int4 weight-only (MatMulNBits).
+
+    int8  onnxruntime's quantize_dynamic on MatMul nodes with a constant weight: int8 weights,
+          activations quantized per call (DynamicQuantizeLinear + MatMulInteger).
+    int4  MatMulNBitsQuantizer: 4-bit blocks along K (block_size, symmetric by default),
+          accuracy_level 4 (int8 activations in the kernel: the fast CPU path).
+
+The lm_head / shadow head (every MatMul or Gemm whose output reaches `logits`) stays fp32 by
+default: on SmolLM2 quantizing it changed the first greedy token (DESIGN.md), and it is the one
+matrix whose errors land directly on the next-token distribution. quantize_head=True quantizes it
+too; a head tied to the embedding table (Gemm transB=1 on the Gather's table) is first untied into
+its own transposed copy, so that the embedding Gather keeps reading fp32 rows. Gather is never
+quantized. Works on in-memory models; knows nothing about bundles or files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import numpy_helper
+
+PRECISIONS = ("int8", "int4")
+LOGITS = "logits"
+# ops between the head's MatMul and the `logits` output that only move data around
+_PASS_THROUGH = {"Reshape", "Slice", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose", "Gather", "Flatten"}
+_QUANTIZED_OPS = {"int8": "MatMulInteger", "int4": "MatMulNBits"}
+
+
+@dataclass
+class QuantizeSettings:
+    to: str
+    block_size: int = 32
+    symmetric: bool = True
+    quantize_head: bool = False
+    accuracy_level: int = 4
+
+    def record(self) -> dict[str, Any]:
+        if self.to == "int8":
+            return {"method": "onnxruntime quantize_dynamic", "weight_type": "int8", "per_channel": False}
+        return {
+            "method": "onnxruntime MatMulNBits",
+            "bits": 4,
+            "block_size": self.block_size,
+            "symmetric": self.symmetric,
+            "accuracy_level": self.accuracy_level,
+        }
+
+
+@dataclass
+class GraphQuantization:
+    """What happened to one graph: its precision and the manifest record."""
+
+    precision: str
+    quantized: int  # MatMul nodes now quantized
+    excluded: list[dict[str, str]] = field(default_factory=list)
+
+    def record(self, settings: QuantizeSettings) -> dict[str, Any]:
+        return {
+            **settings.record(),
+            "quantized_matmuls": self.quantized,
+            "excluded": self.excluded,
+            "kept_float32": "embedding Gather, attention and other non-constant MatMuls, norms"
+            + ("" if settings.quantize_head else ", lm_head"),
+        }
+
+
+def head_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """The MatMul/Gemm nodes whose output reaches `logits` through data-movement ops only."""
+    producers = {out: node for node in graph.node for out in node.output}
+    todo = [out.name for out in graph.output if out.name == LOGITS]
+    heads: list[onnx.NodeProto] = []
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None:
+            continue
+        if node.op_type in ("MatMul", "Gemm"):
+            heads.append(node)
+        elif node.op_type in _PASS_THROUGH:
+            todo.append(node.input[0])
+    return heads
+
+
+def untie_head(graph: onnx.GraphProto, node: onnx.NodeProto) -> bool:
+    """Gemm(x, E, transB=1) on a stored table E -> MatMul(x, E^T) with E^T a new initializer, so that
+    the head can be quantized while Gather keeps E. False when node is not such a Gemm."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type != "Gemm" or len(node.input) != 2 or attrs.get("transB") != 1 or attrs.get("transA", 0):
+        return False
+    if attrs.get("alpha", 1.0) != 1.0:
+        return False
+    table = next((t for t in graph.initializer if t.name == node.input[1]), None)
+    if table is None:
+        return False
+    transposed = numpy_helper.from_array(numpy_helper.to_array(table).T.copy(), f"{table.name}.transposed")
+    graph.initializer.append(transposed)
+    node.op_type = "MatMul"
+    node.input[1] = transposed.name
+    del node.attribute[:]
+    return True
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """onnxruntime's quantizers log every node at INFO."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _int8(model: onnx.ModelProto, exclude: list[str]) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic rewrites every Gemm(transB=1) with beta == 1 into a MatMul on a new transposed
+    # copy of its weight (a second embedding table for a tied head), even for excluded nodes. An
+    # excluded head has no C input, so beta is unused: 0 makes the quantizer leave it alone.
+    hidden = [n for n in model.graph.node if n.name in exclude and n.op_type == "Gemm"]
+    for node in hidden:
+        node.attribute.append(onnx.helper.make_attribute("beta", 0.0))
+    with tempfile.TemporaryDirectory(prefix="shadow-edge-int8-") as scratch:
+        # a fresh path each time: re-saving external data appends to an existing file
+        out = Path(scratch) / "model.onnx"
+        quantize_dynamic(
+            model,
+            out,
+            op_types_to_quantize=["MatMul"],  # not Gather: the embedding stays fp32
+            nodes_to_exclude=exclude,
+            weight_type=QuantType.QInt8,
+            use_external_data_format=True,
+            extra_options={"MatMulConstBOnly": True},  # weights only, not attention's x @ k
+        )
+        quantized = onnx.load(out)
+    for node in quantized.graph.node:
+        if node.name in exclude and node.op_type == "Gemm":
+            kept = [a for a in node.attribute if a.name != "beta"]
+            del node.attribute[:]
+            node.attribute.extend(kept)
+    return quantized
+
+
+def _int4(model: onnx.ModelProto, exclude: list[str], settings: QuantizeSettings) -> onnx.ModelProto:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=4,
+        block_size=settings.block_size,
+        is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level,
+        nodes_to_exclude=exclude,
+        op_types_to_quantize=("MatMul",),
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+def quantize_model(model: onnx.ModelProto, settings: QuantizeSettings) -> tuple[onnx.ModelProto, GraphQuantization]:
+    """A quantized copy of model (weights loaded in memory) and what was done to it."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's model
+    excluded = []
+    for head in head_nodes(model.graph):
+        if settings.quantize_head:
+            untie_head(model.graph, head)
+        else:
+            excluded.append({"node": head.name, "op": head.op_type, "reason": "lm_head kept float32"})
+    names = [e["node"] for e in excluded]
+    with _quiet():
+        quantized = _int8(model, names) if settings.to == "int8" else _int4(model, names, settings)
+    ops = Counter(node.op_type for node in quantized.graph.node)
+    return quantized, GraphQuantization(settings.to, ops[_QUANTIZED_OPS[settings.to]], excluded)
