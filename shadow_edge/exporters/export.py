@@ -231,12 +231,7 @@ def export(
             generation=_generation_defaults(loaded, eos_ids),
             tokenizer=tokenizer,
         )
-        manifest.source["weights"] = {
-            "file": WEIGHTS_FILE,
-            "bytes": weights.size,
-            "bytes_per_graph": {name: weights.bytes_of(name) for name in graphs},
-            "layout": "each distinct tensor stored once, 4 KiB aligned",
-        }
+        manifest.source["weights"] = weights.record(list(graphs))
         (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         notify("finish")
     return ExportResult(output=output, manifest=manifest, seconds=time.perf_counter() - started)

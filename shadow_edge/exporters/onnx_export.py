@@ -9,10 +9,8 @@ embedding table). A tied lm_head becomes Gemm(transB=1) on the embedding table i
 
 from __future__ import annotations
 
-import hashlib
 import io
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +29,8 @@ from ..bundle import (
     TensorSpec,
 )
 from .graphs import BackboneGraph, base_lm_graph, shadow_graph, shadow_lm_graph
+from .weights import WEIGHTS_FILE, SharedWeights
 
-WEIGHTS_FILE = "weights.data"
-INLINE_BYTES = 1024  # smaller tensors stay inside the .onnx file
-ALIGN = 4096
 DEFAULT_OPSET = 17
 
 _ONNX_DTYPES = {TensorProto.FLOAT: "float32", TensorProto.INT64: "int64", TensorProto.FLOAT16: "float16"}
@@ -162,48 +158,6 @@ def tie_transposed_heads(model: onnx.ModelProto) -> int:
     for tensor in unused:
         graph.initializer.remove(tensor)
     return tied
-
-
-@dataclass
-class SharedWeights:
-    """Writes distinct initializers once into one external-data file."""
-
-    path: Path
-    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # content key -> (offset, length)
-    referenced: dict[str, set[str]] = field(default_factory=dict)  # graph -> content keys it reads
-    size: int = 0
-
-    def externalize(self, graph_name: str, model: onnx.ModelProto) -> None:
-        keys = self.referenced.setdefault(graph_name, set())
-        with open(self.path, "ab") as fh:
-            for tensor in model.graph.initializer:
-                raw = numpy_helper.to_array(tensor).tobytes()
-                if len(raw) < INLINE_BYTES:
-                    continue
-                key = f"{tensor.data_type}:{list(tensor.dims)}:{hashlib.sha256(raw).hexdigest()}"
-                if key not in self.offsets:
-                    padding = -self.size % ALIGN
-                    fh.write(b"\0" * padding)
-                    self.offsets[key] = (self.size + padding, len(raw))
-                    fh.write(raw)
-                    self.size += padding + len(raw)
-                keys.add(key)
-                offset, length = self.offsets[key]
-                tensor.ClearField("raw_data")
-                for attr in ("float_data", "int32_data", "int64_data", "double_data"):
-                    tensor.ClearField(attr)
-                tensor.data_location = TensorProto.EXTERNAL
-                del tensor.external_data[:]
-                for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = k, v
-
-    def bytes_of(self, graph_name: str) -> int:
-        return sum(self.offsets[k][1] for k in self.referenced.get(graph_name, ()))
-
-    def shared_bytes(self, a: str, b: str) -> int:
-        common = self.referenced.get(a, set()) & self.referenced.get(b, set())
-        return sum(self.offsets[k][1] for k in common)
 
 
 GRAPH_MODULES = {

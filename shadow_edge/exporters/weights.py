@@ -1,0 +1,73 @@
+"""One external-data file for every graph of a bundle, each distinct tensor stored once.
+
+Every initializer of at least INLINE_BYTES is keyed by its dtype, shape and bytes; a tensor seen
+before (in this graph or another) is pointed at, not written again. Offsets are 4 KiB aligned so
+that the runtime can memory-map the file and two sessions share the pages of tensors they both
+read (the embedding table). Used by export and by quantize (a quantized tensor used by several
+graphs is still stored once). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnx import TensorProto, numpy_helper
+
+WEIGHTS_FILE = "weights.data"
+INLINE_BYTES = 1024  # smaller tensors stay inside the .onnx file
+ALIGN = 4096
+
+
+@dataclass
+class SharedWeights:
+    """Writes distinct initializers once into one external-data file."""
+
+    path: Path
+    offsets: dict[str, tuple[int, int]] = field(default_factory=dict)  # content key -> (offset, length)
+    referenced: dict[str, set[str]] = field(default_factory=dict)  # graph -> content keys it reads
+    size: int = 0
+
+    def externalize(self, graph_name: str, model: onnx.ModelProto) -> None:
+        keys = self.referenced.setdefault(graph_name, set())
+        with open(self.path, "ab") as fh:
+            for tensor in model.graph.initializer:
+                raw = numpy_helper.to_array(tensor).tobytes()
+                if len(raw) < INLINE_BYTES:
+                    continue
+                key = f"{tensor.data_type}:{list(tensor.dims)}:{hashlib.sha256(raw).hexdigest()}"
+                if key not in self.offsets:
+                    padding = -self.size % ALIGN
+                    fh.write(b"\0" * padding)
+                    self.offsets[key] = (self.size + padding, len(raw))
+                    fh.write(raw)
+                    self.size += padding + len(raw)
+                keys.add(key)
+                offset, length = self.offsets[key]
+                tensor.ClearField("raw_data")
+                for attr in ("float_data", "int32_data", "int64_data", "double_data"):
+                    tensor.ClearField(attr)
+                tensor.data_location = TensorProto.EXTERNAL
+                del tensor.external_data[:]
+                for k, v in (("location", self.path.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = k, v
+
+    def bytes_of(self, graph_name: str) -> int:
+        return sum(self.offsets[k][1] for k in self.referenced.get(graph_name, ()))
+
+    def shared_bytes(self, a: str, b: str) -> int:
+        common = self.referenced.get(a, set()) & self.referenced.get(b, set())
+        return sum(self.offsets[k][1] for k in common)
+
+    def record(self, graphs: list[str]) -> dict[str, Any]:
+        """The manifest's description of the weights file (manifest.source["weights"])."""
+        return {
+            "file": self.path.name,
+            "bytes": self.size,
+            "bytes_per_graph": {name: self.bytes_of(name) for name in graphs},
+            "layout": "each distinct tensor stored once, 4 KiB aligned",
+        }
