@@ -29,7 +29,7 @@ from ..bundle import (
     TensorSpec,
 )
 from .graphs import BackboneGraph, base_lm_graph, shadow_graph, shadow_lm_graph
-from .weights import WEIGHTS_FILE, SharedWeights
+from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
 
 DEFAULT_OPSET = 17
 
@@ -100,26 +100,6 @@ def trace_graph(module: torch.nn.Module, kind: str, cache: CacheSpec, hidden_siz
             dynamo=False,
         )
     return onnx.load_from_string(buffer.getvalue())
-
-
-def weight_bytes_per_token(model: onnx.ModelProto) -> int:
-    """Bytes of weights one decode step reads: all initializers, except that a table read only by
-    Gather (an embedding) costs one row per token."""
-    graph = model.graph
-    consumers: dict[str, list[tuple[str, int]]] = {}
-    for node in graph.node:
-        for slot, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, slot))
-    total = 0
-    for tensor in graph.initializer:
-        dims = list(tensor.dims)
-        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
-        count = int(np.prod(dims)) if dims else 1
-        uses = consumers.get(tensor.name, [])
-        if uses and all(use == ("Gather", 0) for use in uses) and len(dims) >= 2:
-            count //= dims[0]
-        total += count * itemsize
-    return total
 
 
 def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
@@ -71,3 +72,23 @@ class SharedWeights:
             "bytes_per_graph": {name: self.bytes_of(name) for name in graphs},
             "layout": "each distinct tensor stored once, 4 KiB aligned",
         }
+
+
+def weight_bytes_per_token(model: onnx.ModelProto) -> int:
+    """Bytes of weights one decode step reads: all initializers, except that a table read only by
+    Gather (an embedding) costs one row per token."""
+    graph = model.graph
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node.op_type, slot))
+    total = 0
+    for tensor in graph.initializer:
+        dims = list(tensor.dims)
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        count = int(np.prod(dims)) if dims else 1
+        uses = consumers.get(tensor.name, [])
+        if uses and all(use == ("Gather", 0) for use in uses) and len(dims) >= 2:
+            count //= dims[0]
+        total += count * itemsize
+    return total
