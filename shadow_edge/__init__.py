@@ -20,3 +20,12 @@ def export(*args: Any, **kwargs: Any):
 
 
 export.__doc__ = "See shadow_edge.exporters.export.export."
+
+
+def load(*args: Any, **kwargs: Any):
+    from .runtimes.model import load as _load
+
+    return _load(*args, **kwargs)
+
+
+load.__doc__ = "See shadow_edge.runtimes.model.load."

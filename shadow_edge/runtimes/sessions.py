@@ -13,11 +13,16 @@ import numpy as np
 import onnxruntime as ort
 
 from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec
+from ..errors import BundleError
 from .kv_cache import KVCache
 
 
-def session_options(threads: int | None = None) -> ort.SessionOptions:
+def session_options(threads: int | None = None, prepack: bool = True) -> ort.SessionOptions:
+    """CPU options; prepack=False keeps MatMul/Gemm weights in the memory-mapped weights file
+    instead of a private repacked copy per session (see runtimes/model.py for when)."""
     options = ort.SessionOptions()
+    if not prepack:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
@@ -32,7 +37,11 @@ class GraphRunner:
     def __init__(self, path: Path, spec: GraphSpec, cache: CacheSpec, options: ort.SessionOptions | None = None):
         self.spec = spec
         self.cache_spec = cache
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's pybind errors share no base class but Exception
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleError(f"onnxruntime cannot load {path.name}: {first}") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
 
