@@ -49,3 +49,28 @@ def smollm2_export(tmp_path_factory) -> Exported:
     if not (bundle / "manifest.json").is_file():
         shadow_edge.export(ckpt, bundle)
     return Exported(ckpt, ckpt / "base", bundle)
+
+
+# -- runtime tests ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_references(tiny_exports) -> dict:
+    """The shadow-peft reference model of each tiny bundle (LoadedCheckpoint), for token-level checks."""
+    from shadow_edge.exporters.checkpoint import load_checkpoint
+
+    return {arch: load_checkpoint(exported.checkpoint) for arch, exported in tiny_exports.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_text_export(tmp_path_factory) -> Exported:
+    """A tiny Llama bundle with a tokenizer (byte-level BPE, vocabulary < 96) and a chat template."""
+    from tiny_tokenizer import write_tokenizer
+
+    import shadow_edge
+
+    root = tmp_path_factory.mktemp("tiny-text")
+    base = write_tokenizer(tiny_base(root / "ckpt" / "base", "llama", seed=3))
+    ckpt = write_checkpoint(root / "ckpt", base, seed=4)
+    bundle = shadow_edge.export(ckpt, root / "bundle").output
+    return Exported(ckpt, base, bundle)

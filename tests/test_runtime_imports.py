@@ -1,0 +1,51 @@
+"""The runtime, the bundle schema and `shadow-edge run` import neither torch nor transformers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+# Runs in a fresh interpreter (the runtime-only venv when CI provides it) where importing torch
+# or transformers fails, so that even a lazy import on the way would show.
+SCRIPT = """
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} imported by the runtime")
+
+sys.meta_path.insert(0, Block())
+bundle, text_bundle = sys.argv[1:3]
+
+import shadow_edge
+import shadow_edge.bundle, shadow_edge.runtimes.model, shadow_edge.runtimes.sampling, shadow_edge.runtimes.tokenizer
+from shadow_edge.cli import app
+
+out = {}
+for mode in ("attached", "detached"):
+    out[mode] = shadow_edge.load(bundle, mode=mode).generate([1, 2, 3], max_new_tokens=4).token_ids
+out["text"] = shadow_edge.load(text_bundle).chat([{"role": "user", "content": "hi"}], max_new_tokens=4).text
+for args in (["run", bundle, "--prompt-ids", "1,2", "--max-new-tokens", "3", "--json"],
+             ["run", text_bundle, "--prompt", "the cat", "--detached", "--max-new-tokens", "3"]):
+    try:
+        app(args)
+    except SystemExit as exc:
+        assert exc.code in (0, None), exc.code
+out["loaded"] = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_runtime_load_generate_and_run_import_neither_torch_nor_transformers(tiny_exports, tiny_text_export):
+    python = os.environ.get("SHADOW_EDGE_RUNTIME_PYTHON", sys.executable)
+    bundle, text_bundle = str(tiny_exports["llama"].bundle), str(tiny_text_export.bundle)
+    proc = subprocess.run(
+        [python, "-c", SCRIPT, bundle, text_bundle], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result["loaded"] == []
+    assert len(result["attached"]) >= 1 and len(result["detached"]) >= 1 and isinstance(result["text"], str)
