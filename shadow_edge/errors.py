@@ -47,3 +47,8 @@ class BundleError(ShadowEdgeError):
 
 class GenerationError(ShadowEdgeError):
     """A generation request is invalid (token ids, lengths, sampling settings)."""
+
+
+class QuantizeError(ShadowEdgeError):
+    """Quantization was refused (bad settings, an already quantized bundle) or, with strict, its
+    fidelity fell under the floor; nothing was written to the output."""

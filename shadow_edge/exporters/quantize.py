@@ -1,0 +1,186 @@
+"""`quantize_bundle()`: a float32 bundle becomes an int8 or int4 bundle with a fidelity report.
+
+Stages: read and verify the source -> per graph, load it with its weights, quantize it
+(quantize_graph.py) or keep it float32 -> store every weight once in a fresh weights.data
+(weights.py: a quantized tensor that several graphs read, such as the shadow layer of shadow.onnx
+and shadow_lm.onnx, is still stored once) -> copy the tokenizer files -> evaluate against the
+source (evaluate.py) -> manifest -> move into place. Written through the same staging folder as
+export: on failure, Ctrl-C, or fidelity under the floor with strict=True, nothing is written.
+
+Needs onnx and onnxruntime, not torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import onnx
+
+from ..bundle import (
+    MANIFEST_FILE,
+    MODE_GRAPHS,
+    GraphSpec,
+    Manifest,
+    file_entries,
+    modes_of,
+    read_manifest,
+    resolve_inside,
+    sha256_file,
+    verify_files,
+)
+from ..errors import QuantizeError
+from .evaluate import FLOORS, below_floor, evaluate
+from .quantize_graph import PRECISIONS, QuantizeSettings, quantize_model
+from .staging import staging
+from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
+
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
+
+
+@dataclass
+class QuantizeResult:
+    output: Path
+    manifest: Manifest
+    seconds: float
+    warnings: list[str]  # fidelity under the floor (strict=False): say it loudly
+
+
+def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple[list[str], list[str]]:
+    """(graphs the output keeps, graphs to quantize), or a QuantizeError naming the bad value."""
+    if settings.to not in PRECISIONS:
+        raise QuantizeError(f"cannot quantize to {settings.to!r}: choose one of {', '.join(PRECISIONS)}")
+    if settings.to != "int8-dynamic" and settings.block_size not in BLOCK_SIZES:
+        raise QuantizeError(f"block size {settings.block_size} is not supported: choose one of {BLOCK_SIZES}")
+    for mode in modes or ():
+        if mode not in source.modes:
+            raise QuantizeError(f"the bundle has no {mode} mode (it has: {', '.join(source.modes)})")
+    keep = [g for g in source.graphs if modes is None or any(g in MODE_GRAPHS[m] for m in modes)]
+    chosen = keep if graphs is None else list(graphs)
+    for name in chosen:
+        if name not in keep:
+            raise QuantizeError(f"no graph {name!r} to quantize (the output holds: {', '.join(keep)})")
+    done = [g for g in keep if source.graphs[g].precision != "float32"]
+    if done:
+        raise QuantizeError(
+            f"graph {done[0]} is already {source.graphs[done[0]].precision}",
+            hint="quantize the float32 bundle that `shadow-edge export` wrote",
+        )
+    return keep, chosen
+
+
+def _copy_other_files(source_root: Path, source: Manifest, folder: Path) -> None:
+    """Tokenizer, chat template and the like: every file that is not a graph, weights or mobile package."""
+    graph_files = {spec.file for spec in source.graphs.values()}
+    packaged = set(source.mobile.get("files", []))
+    for name in source.files:
+        if name in graph_files or name in packaged or name.endswith(".data"):
+            continue
+        target = folder / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(resolve_inside(source_root, name), target)
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for name in ("shadow-edge", "onnx", "onnxruntime"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def quantize_bundle(
+    bundle: str | Path,
+    output: str | Path,
+    to: str = "int4",
+    *,
+    block_size: int = 32,
+    symmetric: bool = True,
+    quantize_head: bool = False,
+    graphs: Sequence[str] | None = None,
+    modes: Sequence[str] | None = None,
+    force: bool = False,
+    check: bool = True,
+    strict: bool = False,
+    text: str | None = None,
+    threads: int | None = None,
+    mobile: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> QuantizeResult:
+    """Write a quantized copy of `bundle` to `output`.
+
+    to: "int8" or "int4" (MatMulNBits: block_size, symmetric) or "int8-dynamic" (quantize_dynamic).
+    quantize_head: also the lm_head / shadow head (kept float32 by default). graphs: the graphs to
+    quantize (default all; the others are copied float32). modes: the modes the output keeps
+    (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
+    the source and store the figures in manifest.fidelity; under FLOORS a warning, or with
+    strict=True a QuantizeError. mobile: also write the ORT-format graphs and the onnxruntime-genai
+    folder (mobile.py)."""
+    started = time.perf_counter()
+    source_root, output = Path(bundle), Path(output)
+    notify = progress or (lambda stage: None)
+    source = read_manifest(source_root)
+    settings = QuantizeSettings(to=to, block_size=block_size, symmetric=symmetric, quantize_head=quantize_head)
+    keep, chosen = _check(source, settings, graphs, modes)
+    verify_files(source_root, source)
+    warnings: list[str] = []
+    with staging(output, force) as folder:
+        weights = SharedWeights(folder / WEIGHTS_FILE)
+        specs: dict[str, GraphSpec] = {}
+        for name in keep:
+            spec = source.graphs[name]
+            model = onnx.load(resolve_inside(source_root, spec.file))  # with its weights, in memory
+            if name in chosen:
+                model, done = quantize_model(model, settings)
+                spec = replace(spec, precision=done.precision, quantization=done.record(settings))
+            weights.externalize(name, model)
+            onnx.save_model(model, folder / spec.file)
+            specs[name] = replace(spec, weight_bytes_per_token=weight_bytes_per_token(model))
+            notify(name)
+        _copy_other_files(source_root, source, folder)
+        manifest = Manifest(
+            model=source.model,
+            graphs=specs,
+            files={},
+            modes=modes_of(specs),
+            source={
+                **source.source,
+                "weights": weights.record(list(specs)),
+                "quantized_from": {
+                    "bundle": str(source_root.resolve()),
+                    "manifest_sha256": sha256_file(source_root / MANIFEST_FILE),
+                    "precision": to,
+                },
+                "validation": source.validation,
+            },
+            created_by=_versions(),
+            validation={
+                "skipped": True,
+                "reason": "quantized bundle: the float32 source's validation against "
+                "PyTorch is in source.validation; figures against that source are in fidelity",
+            },
+            generation=source.generation,
+            tokenizer=source.tokenizer,
+        )
+        if mobile:
+            from .mobile import package_mobile
+
+            manifest.mobile = package_mobile(folder, manifest)
+            notify("mobile")
+        manifest.files = file_entries(folder)
+        (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        if check:
+            report = evaluate(folder, source_root, text=text, threads=threads)
+            failures = below_floor(report, to)
+            manifest.fidelity = {**report, "floors": FLOORS[to], "passed": not failures, "failures": failures}
+            if failures and strict:
+                raise QuantizeError("fidelity under the floor, nothing written: " + "; ".join(failures))
+            warnings = failures
+            (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+        notify("evaluate")
+    return QuantizeResult(output=output, manifest=manifest, seconds=time.perf_counter() - started, warnings=warnings)
