@@ -6,6 +6,7 @@ by `export` alone, so the other commands start fast and run where torch is not i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -77,6 +78,7 @@ def export(
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     tolerance: Annotated[float, typer.Option(min=0.0, help="max |logit diff| allowed by validation")] = 1e-3,
     with_base: Annotated[bool, typer.Option("--with-base", help="add the base model alone (mode 'base')")] = False,
+    quantize: Annotated[str, typer.Option(help="none, int8, int4 (or int8-dynamic): see `quantize`")] = "none",
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Export a ShadowPEFT checkpoint to a validated ONNX bundle."""
@@ -111,7 +113,14 @@ def export(
             following = STAGES[index + 1] if index + 1 < len(STAGES) else stage
             progress.update(task, completed=index + 1, description=labels[following])
 
-        result = run_export(
+        do_export = run_export
+        if quantize != "none":
+            from functools import partial
+
+            from .exporters.quantize import export_quantized
+
+            do_export = partial(export_quantized, to=quantize)
+        result = do_export(
             checkpoint,
             output,
             base=base,
@@ -130,11 +139,13 @@ def export(
                     "output": str(result.output),
                     "seconds": round(result.seconds, 2),
                     "validation": result.manifest.validation,
+                    "fidelity": result.manifest.fidelity,
                 }
             )
         )
         return
     _print_manifest(result.output)
+    _warn_fidelity(getattr(result, "warnings", []))
     console.print(f"[green]exported[/] {result.output} in {result.seconds:.1f} s")
 
 
@@ -178,9 +189,11 @@ def _print_manifest(bundle: Path) -> None:
     for name, f in m.files.items():
         files.add_row(name, _human_bytes(f.size), f.sha256[:12])
     console.print(files)
+    if m.fidelity:
+        _print_fidelity(m.fidelity)
     v = m.validation
     if v.get("skipped") or not v:
-        console.print("[yellow]validation: skipped at export[/]")
+        console.print(f"[yellow]validation: {v.get('reason', 'skipped at export')}[/]")
         return
     table = Table(
         "mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})"
@@ -291,3 +304,117 @@ def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
         messages.append({"role": "user", "content": line})
         answer = _stream(model, model.encode_chat(messages), settings)
         messages.append({"role": "assistant", "content": answer})
+
+
+# ---- quantize and eval ------------------------------------------------------------------------
+
+
+def _print_fidelity(report: dict[str, Any]) -> None:
+    title = f"Fidelity against {report['against']} ({report['tokens']} tokens of {report['text']})"
+    table = Table("mode", "top-1 agree", "mean KL", "perplexity", "ppl (against)", "greedy agree", title=title)
+    for mode, f in report["modes"].items():
+        table.add_row(
+            mode,
+            f"{f['top1_agreement']:.1%}",
+            f"{f['mean_kl']:.4f}",
+            f"{f['perplexity']:.4g}",
+            f"{f['reference_perplexity']:.4g}",
+            f"{f['greedy_agreement']:.0%} of {f['greedy_prompts']} x {f['greedy_tokens']} tokens",
+        )
+    console.print(table)
+
+
+def _warn_fidelity(failures: list[str]) -> None:
+    """Fidelity under the floor is said loudly, on stderr, but is not an error without --strict."""
+    for failure in failures:
+        err_console.print(f"[bold red]WARNING: fidelity under the floor:[/] {failure}", highlight=False)
+
+
+def _read_text(path: Path | None) -> str | None:
+    from .errors import BundleError
+
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read --text {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+@app.command()
+@friendly_errors
+def quantize(
+    bundle: Annotated[Path, typer.Argument(help="float32 bundle folder")],
+    output: Annotated[Path, typer.Argument(help="bundle folder to write")],
+    to: Annotated[str, typer.Option(help="int8 or int4 (MatMulNBits), or int8-dynamic (quantize_dynamic)")] = "int4",
+    block_size: Annotated[int, typer.Option(help="MatMulNBits block size along K (16..256, power of 2)")] = 32,
+    quantize_head: Annotated[bool, typer.Option("--quantize-head", help="also quantize the lm_head(s)")] = False,
+    only: Annotated[list[str] | None, typer.Option(help="keep only this mode (repeatable), e.g. detached")] = None,
+    graph: Annotated[list[str] | None, typer.Option(help="quantize only this graph (repeatable)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="fidelity under the floor is an error")] = False,
+    check: Annotated[bool, typer.Option("--eval/--no-eval", help="evaluate against BUNDLE")] = True,
+    text: Annotated[Path | None, typer.Option(help="text file to evaluate on (default: built-in)")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads for the evaluation")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Quantize a bundle's weights (int8/int4) and report its fidelity against the source."""
+    from .exporters.quantize import quantize_bundle
+
+    with (
+        err_console.status(f"quantizing to {to} and evaluating", spinner="dots")
+        if not as_json
+        else contextlib.nullcontext()
+    ):
+        result = quantize_bundle(
+            bundle,
+            output,
+            to,
+            block_size=block_size,
+            quantize_head=quantize_head,
+            graphs=graph,
+            modes=only,
+            force=force,
+            check=check,
+            strict=strict,
+            text=_read_text(text),
+            threads=threads,
+        )
+    m = result.manifest
+    _warn_fidelity(result.warnings)
+    if as_json:
+        sizes = {"bytes": sum(f.size for f in m.files.values())}
+        print(
+            json.dumps(
+                {
+                    "output": str(result.output),
+                    "seconds": round(result.seconds, 2),
+                    **sizes,
+                    "precision": {g: s.precision for g, s in m.graphs.items()},
+                    "fidelity": m.fidelity,
+                }
+            )
+        )
+        return
+    _print_manifest(result.output)
+    console.print(f"[green]quantized[/] {result.output} in {result.seconds:.1f} s")
+
+
+@app.command(name="eval")
+@friendly_errors
+def eval_(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder to evaluate")],
+    against: Annotated[Path, typer.Option(help="reference bundle (e.g. the float32 source)")],
+    text: Annotated[Path | None, typer.Option(help="text file (default: built-in English text)")] = None,
+    mode: Annotated[list[str] | None, typer.Option(help="evaluate this mode only (repeatable)")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime intra-op threads")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Fidelity of BUNDLE against another bundle: top-1 agreement, KL, perplexity, greedy agreement."""
+    from .exporters.evaluate import evaluate
+
+    report = evaluate(bundle, against, text=_read_text(text), modes=mode, threads=threads)
+    if as_json:
+        print(json.dumps(report))
+        return
+    _print_fidelity(report)

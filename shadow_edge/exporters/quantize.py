@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -34,7 +35,7 @@ from ..bundle import (
     sha256_file,
     verify_files,
 )
-from ..errors import QuantizeError
+from ..errors import OutputExistsError, QuantizeError
 from .evaluate import FLOORS, below_floor, evaluate
 from .quantize_graph import PRECISIONS, QuantizeSettings, quantize_model
 from .staging import staging
@@ -184,3 +185,21 @@ def quantize_bundle(
             (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         notify("evaluate")
     return QuantizeResult(output=output, manifest=manifest, seconds=time.perf_counter() - started, warnings=warnings)
+
+
+def export_quantized(
+    checkpoint: str | Path, output: str | Path, to: str, *, force: bool = False, **options
+) -> QuantizeResult:
+    """`shadow-edge export --quantize`: export float32 to a scratch folder beside output, quantize it
+    into output (evaluated against that float32 export), then drop the scratch folder. options:
+    export()'s keyword arguments, plus mobile, strict and text for quantize_bundle()."""
+    from .export import export
+
+    quantize_options = {k: options.pop(k) for k in ("mobile", "strict", "text") if k in options}
+    output = Path(output)
+    if output.exists() and not force:  # fail before the slow export, as export itself would
+        raise OutputExistsError(f"output {output} already exists")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.float32-", dir=output.parent) as scratch:
+        source = export(checkpoint, Path(scratch) / "bundle", **options).output
+        return quantize_bundle(source, output, to, force=force, **quantize_options)
