@@ -79,6 +79,7 @@ def export(
     tolerance: Annotated[float, typer.Option(min=0.0, help="max |logit diff| allowed by validation")] = 1e-3,
     with_base: Annotated[bool, typer.Option("--with-base", help="add the base model alone (mode 'base')")] = False,
     quantize: Annotated[str, typer.Option(help="none, int8, int4 (or int8-dynamic): see `quantize`")] = "none",
+    mobile: Annotated[bool, typer.Option("--mobile", help="also write .ort graphs and genai_config.json")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Export a ShadowPEFT checkpoint to a validated ONNX bundle."""
@@ -130,6 +131,7 @@ def export(
             validate=validate,
             tolerance=tolerance,
             with_base=with_base,
+            mobile=mobile,
             progress=advance,
         )
     if as_json:
@@ -356,6 +358,7 @@ def quantize(
     check: Annotated[bool, typer.Option("--eval/--no-eval", help="evaluate against BUNDLE")] = True,
     text: Annotated[Path | None, typer.Option(help="text file to evaluate on (default: built-in)")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads for the evaluation")] = None,
+    mobile: Annotated[bool, typer.Option("--mobile", help="also write .ort graphs and genai_config.json")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Quantize a bundle's weights (int8/int4) and report its fidelity against the source."""
@@ -379,6 +382,7 @@ def quantize(
             strict=strict,
             text=_read_text(text),
             threads=threads,
+            mobile=mobile,
         )
     m = result.manifest
     _warn_fidelity(result.warnings)

@@ -165,6 +165,7 @@ def export(
     validate: bool = True,
     tolerance: float = DEFAULT_TOLERANCE,
     with_base: bool = False,
+    mobile: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring."""
@@ -232,6 +233,11 @@ def export(
             tokenizer=tokenizer,
         )
         manifest.source["weights"] = weights.record(list(graphs))
+        if mobile:  # ORT-format graphs and the onnxruntime-genai files (mobile.py)
+            from .mobile import package_mobile
+
+            manifest.mobile = package_mobile(folder, manifest)
+            manifest.files = file_entries(folder)
         (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         notify("finish")
     return ExportResult(output=output, manifest=manifest, seconds=time.perf_counter() - started)
