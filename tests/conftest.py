@@ -74,3 +74,24 @@ def tiny_text_export(tmp_path_factory) -> Exported:
     ckpt = write_checkpoint(root / "ckpt", base, seed=4)
     bundle = shadow_edge.export(ckpt, root / "bundle").output
     return Exported(ckpt, base, bundle)
+
+
+# -- quantization and mobile tests --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def smollm2_int8(smollm2_export, tmp_path_factory) -> Path:
+    """The SmolLM2 bundle quantized to int8, evaluated against it (slow)."""
+    from shadow_edge.exporters.quantize import quantize_bundle
+
+    out = tmp_path_factory.mktemp("smollm2-int8") / "bundle"
+    return quantize_bundle(smollm2_export.bundle, out, "int8", threads=2).output
+
+
+@pytest.fixture(scope="session")
+def smollm2_int4(smollm2_export, tmp_path_factory) -> Path:
+    """The SmolLM2 bundle quantized to int4, evaluated, with .ort graphs and genai_config.json (slow)."""
+    from shadow_edge.exporters.quantize import quantize_bundle
+
+    out = tmp_path_factory.mktemp("smollm2-int4") / "bundle"
+    return quantize_bundle(smollm2_export.bundle, out, "int4", threads=2, mobile=True).output

@@ -36,7 +36,8 @@ FLOORS = {
 }
 
 
-def _engine(root: Path, manifest: Manifest, mode: str, threads: int | None) -> Engine:
+def open_engine(root: Path, manifest: Manifest, mode: str, threads: int | None = None) -> Engine:
+    """The mode's graphs in sessions with default options (weights prepacked)."""
     options = session_options(threads)
     runners = {
         name: GraphRunner(
@@ -138,7 +139,7 @@ def evaluate(
     ids, source = eval_tokens(root, manifest, text)
     report: dict = {"against": str(ref_root), "text": source, "tokens": int(len(ids)), "modes": {}}
     for mode in chosen:
-        test, reference = _engine(root, manifest, mode, threads), _engine(ref_root, ref, mode, threads)
+        test, reference = open_engine(root, manifest, mode, threads), open_engine(ref_root, ref, mode, threads)
         report["modes"][mode] = compare_mode(test, reference, ids)
     return report
 

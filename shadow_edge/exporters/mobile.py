@@ -7,9 +7,9 @@ onnxruntime-genai model folder.
     mobile/required_operators.config  the operators and opsets of all .ort graphs, for a reduced
                                       onnxruntime build (build.py --include_ops_by_config)
     genai_config.json                 onnxruntime_genai.Model(bundle) runs the bundle:
-        detached  type "decoder": genai_shadow_lm.onnx is shadow_lm with num_logits_to_keep fixed to
+        detached  (the default) type "decoder": genai_shadow_lm.onnx is shadow_lm with num_logits_to_keep fixed to
                   0 (all positions), the only input genai does not feed;
-        attached  (bundles without the detached mode) type "decoder-pipeline": genai_shadow.onnx
+        attached  (chosen, or the bundle has no detached mode) type "decoder-pipeline": genai_shadow.onnx
                   (its cache renamed to layer L, after the base's L layers) then genai_backbone.onnx
                   (num_logits_to_keep fixed to 0), shadow_states passed between the stages. genai has
                   one KV cache geometry, so this needs the shadow's KV heads and head dim to equal
@@ -140,15 +140,19 @@ def _load(folder: Path, manifest: Manifest, graph: str) -> onnx.ModelProto:
     return onnx.load(folder / manifest.graphs[graph].file, load_external_data=False)  # weights stay shared
 
 
-def write_genai(folder: Path, manifest: Manifest) -> dict[str, Any]:
-    """genai_config.json and its graphs for the detached mode, else the attached pipeline."""
+def write_genai(folder: Path, manifest: Manifest, mode: str | None = None) -> dict[str, Any]:
+    """genai_config.json and its graphs for `mode`: by default detached when the bundle has it, else
+    the attached pipeline."""
     model = manifest.model
-    if SHADOW_LM_GRAPH in manifest.graphs:
+    mode = mode or ("detached" if "detached" in manifest.modes else "attached")
+    if mode not in manifest.modes or mode not in ("detached", "attached"):
+        return {"skipped": f"no {mode} mode to describe for onnxruntime-genai (bundle modes: {manifest.modes})"}
+    if mode == "detached":
         onnx.save_model(fix_logits_to_keep(_load(folder, manifest, SHADOW_LM_GRAPH)), folder / "genai_shadow_lm.onnx")
         decoder = {**_decoder_section(manifest, model.shadow), "filename": "genai_shadow_lm.onnx"}
         decoder["num_hidden_layers"] = model.shadow.num_layers
         config, mode, files = genai_config(manifest, decoder, "decoder"), "detached", ["genai_shadow_lm.onnx"]
-    elif SHADOW_GRAPH in manifest.graphs and BACKBONE_GRAPH in manifest.graphs:
+    else:
         base, shadow = model.base, model.shadow
         if (shadow.num_kv_heads, shadow.head_dim) != (base.num_kv_heads, base.head_dim):
             return {"skipped": "the shadow's KV heads / head dim differ from the base's; genai has one cache geometry"}
@@ -176,8 +180,6 @@ def write_genai(folder: Path, manifest: Manifest) -> dict[str, Any]:
         ]
         config, mode = genai_config(manifest, decoder, "decoder-pipeline"), "attached"
         files = ["genai_shadow.onnx", "genai_backbone.onnx"]
-    else:
-        return {"skipped": "the bundle has neither the detached nor the attached graphs"}
     (folder / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return {"config": GENAI_CONFIG, "mode": mode, "graphs": files, "files": [GENAI_CONFIG, *files]}
 
@@ -223,9 +225,9 @@ def write_ort(folder: Path, manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def package_mobile(folder: Path, manifest: Manifest) -> dict[str, Any]:
+def package_mobile(folder: Path, manifest: Manifest, genai_mode: str | None = None) -> dict[str, Any]:
     """Write the ORT-format graphs and the genai files into a bundle folder; returns manifest.mobile."""
     ort = write_ort(folder, manifest)
-    genai = write_genai(folder, manifest)
+    genai = write_genai(folder, manifest, genai_mode)
     files = ort.pop("files") + genai.pop("files", [])
     return {"ort": ort, "genai": genai, "files": files}

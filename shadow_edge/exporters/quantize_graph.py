@@ -83,8 +83,8 @@ class GraphQuantization:
         }
 
 
-def head_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """The MatMul/Gemm nodes whose output reaches `logits` through data-movement ops only."""
+def head_nodes(graph: onnx.GraphProto, ops: tuple[str, ...] = ("MatMul", "Gemm")) -> list[onnx.NodeProto]:
+    """The nodes of type `ops` whose output reaches `logits` through data-movement ops only."""
     producers = {out: node for node in graph.node for out in node.output}
     todo = [out.name for out in graph.output if out.name == LOGITS]
     heads: list[onnx.NodeProto] = []
@@ -92,7 +92,7 @@ def head_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
         node = producers.get(todo.pop())
         if node is None:
             continue
-        if node.op_type in ("MatMul", "Gemm"):
+        if node.op_type in ops:
             heads.append(node)
         elif node.op_type in _PASS_THROUGH:
             todo.append(node.input[0])
