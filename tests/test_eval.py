@@ -1,0 +1,79 @@
+"""Eval: fidelity figures of a bundle against another, torch-free, from the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from test_export import run_cli
+
+from shadow_edge.bundle import read_manifest
+from shadow_edge.exporters.evaluate import GREEDY_PROMPTS, GREEDY_TOKENS, below_floor, evaluate
+
+
+def test_a_bundle_agrees_with_itself_exactly(tiny_exports):
+    bundle = tiny_exports["mistral"].bundle
+    report = evaluate(bundle, against=bundle)
+    assert report["text"].startswith("random token ids") and report["tokens"] == 128  # the context length
+    for mode in ("attached", "detached"):
+        figures = report["modes"][mode]
+        assert figures["top1_agreement"] == 1.0 and figures["greedy_agreement"] == 1.0
+        assert abs(figures["mean_kl"]) < 1e-9
+        assert figures["perplexity"] == pytest.approx(figures["reference_perplexity"], rel=1e-9)
+        assert (figures["greedy_prompts"], figures["greedy_tokens"]) == (GREEDY_PROMPTS, GREEDY_TOKENS)
+    assert below_floor(report, "int4") == []
+
+
+def test_the_built_in_text_or_a_given_one_goes_through_the_tokenizer(tiny_text_export, tmp_path):
+    bundle = tiny_text_export.bundle
+    report = evaluate(bundle, against=bundle, modes=["detached"])
+    assert report["text"] == "built-in English text" and list(report["modes"]) == ["detached"]
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat and then the dog sat on the cat " * 4)
+    code, output = run_cli("eval", bundle, "--against", bundle, "--text", text, "--json")
+    assert code == 0, output
+    assert json.loads(output)["text"] == "given text"
+
+
+def test_cli_prints_a_table_per_mode(tiny_exports):
+    bundle = tiny_exports["llama"].bundle
+    code, output = run_cli("eval", bundle, "--against", bundle)
+    assert code == 0
+    assert "top-1 agree" in output and "attached" in output and "detached" in output and "100.0%" in output
+
+
+def test_below_floor_names_each_shortfall():
+    report = {"modes": {"attached": {"top1_agreement": 0.5, "greedy_agreement": 0.9}}}
+    assert below_floor(report, "int8") == ["attached: top1_agreement 50.0% < 97%"]
+
+
+@pytest.mark.parametrize("case", ["vocabulary", "text without tokenizer", "mode", "missing"])
+def test_bad_requests_give_one_line_errors(tiny_exports, tmp_path, case):
+    bundle = tiny_exports["llama"].bundle
+    other = shutil.copytree(bundle, tmp_path / "other")
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["model"]["vocab_size"] = 80
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    text = tmp_path / "t.txt"
+    text.write_text("hello")
+    args, expected = {
+        "vocabulary": ([other, "--against", bundle], "different vocabularies (80 vs 96)"),
+        "text without tokenizer": ([bundle, "--against", bundle, "--text", text], "has no tokenizer"),
+        "mode": ([bundle, "--against", bundle, "--mode", "base"], "mode base is not in both bundles"),
+        "missing": ([tmp_path / "nope", "--against", bundle], "bundle folder not found"),
+    }[case]
+    code, output = run_cli("eval", *args)
+    assert code == 1 and expected in output and output.count("error:") == 1
+
+
+@pytest.mark.slow
+def test_smollm2_eval_reproduces_the_figures_quantize_stored(smollm2_export, smollm2_int8):
+    code, output = run_cli("eval", smollm2_int8, "--against", smollm2_export.bundle, "--threads", "2", "--json")
+    assert code == 0
+    stored = read_manifest(smollm2_int8).fidelity
+    report = json.loads(output)
+    assert report["tokens"] == stored["tokens"] >= 400  # the built-in text through SmolLM2's tokenizer
+    for mode, figures in report["modes"].items():
+        assert figures["top1_agreement"] == stored["modes"][mode]["top1_agreement"]
+        assert figures["mean_kl"] == pytest.approx(stored["modes"][mode]["mean_kl"], rel=1e-6)
