@@ -128,6 +128,7 @@ def test_without_strict_the_shortfall_is_reported_loudly(tiny_exports, tmp_path)
     [
         (["--to", "int3"], "choose one of int8, int4, int8-dynamic"),
         (["--block-size", "48"], "block size 48 is not supported"),
+        (["--accuracy-level", "7"], "accuracy level 7 is not one of"),
         (["--only", "base"], "has no base mode"),
         (["--graph", "nope"], "no graph 'nope'"),
     ],

@@ -42,6 +42,7 @@ from .staging import staging
 from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
+ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
 
 
 @dataclass
@@ -58,6 +59,8 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
         raise QuantizeError(f"cannot quantize to {settings.to!r}: choose one of {', '.join(PRECISIONS)}")
     if settings.to != "int8-dynamic" and settings.block_size not in BLOCK_SIZES:
         raise QuantizeError(f"block size {settings.block_size} is not supported: choose one of {BLOCK_SIZES}")
+    if settings.accuracy not in (None, *ACCURACY_LEVELS):
+        raise QuantizeError(f"accuracy level {settings.accuracy} is not one of {ACCURACY_LEVELS}")
     for mode in modes or ():
         if mode not in source.modes:
             raise QuantizeError(f"the bundle has no {mode} mode (it has: {', '.join(source.modes)})")
@@ -103,6 +106,7 @@ def quantize_bundle(
     block_size: int = 32,
     symmetric: bool = True,
     quantize_head: bool = False,
+    accuracy_level: int | None = None,
     graphs: Sequence[str] | None = None,
     modes: Sequence[str] | None = None,
     force: bool = False,
@@ -116,7 +120,8 @@ def quantize_bundle(
     """Write a quantized copy of `bundle` to `output`.
 
     to: "int8" or "int4" (MatMulNBits: block_size, symmetric) or "int8-dynamic" (quantize_dynamic).
-    quantize_head: also the lm_head / shadow head (kept float32 by default). graphs: the graphs to
+    quantize_head: also the lm_head / shadow head (kept float32 by default). accuracy_level:
+    MatMulNBits compute (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
     quantize (default all; the others are copied float32). modes: the modes the output keeps
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
     the source and store the figures in manifest.fidelity; under FLOORS a warning, or with
@@ -126,7 +131,7 @@ def quantize_bundle(
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
     source = read_manifest(source_root)
-    settings = QuantizeSettings(to=to, block_size=block_size, symmetric=symmetric, quantize_head=quantize_head)
+    settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level)
     keep, chosen = _check(source, settings, graphs, modes)
     verify_files(source_root, source)
     warnings: list[str] = []

@@ -1,15 +1,18 @@
 """Weight quantization of one ONNX graph: int8 or int4 weight-only (MatMulNBits), or int8 dynamic.
 
     int8          MatMulNBits, 8 bits: blocks of block_size along K, symmetric by default,
-                  accuracy_level 0 (float32 compute on the dequantized weights)
-    int4          MatMulNBits, 4 bits: the same blocks, accuracy_level 4 (int8 activations in the
-                  kernel: the fast CPU path)
+                  accuracy_level 0 by default (float32 compute on dequantized weights)
+    int4          MatMulNBits, 4 bits: the same blocks, accuracy_level 4 by default (int8
+                  activations in the kernel: the fast CPU path)
     int8-dynamic  onnxruntime's quantize_dynamic: one int8 scale per weight tensor, activations
                   quantized per call (DynamicQuantizeLinear + MatMulInteger)
-Measured on the SmolLM2-135M demo bundle (attached, 499 tokens of English, top-1 agreement with
-float32): int8 98.4% (96.2% with accuracy_level 4), int8-dynamic 52.9% (59.5% per channel), int4
-68-72% (block 16-32, symmetric or not, either accuracy level). Hence int8 is block-wise MatMulNBits
-and quantize_dynamic stays available by name only.
+Measured on the SmolLM2-135M demo bundle (attached; 499 tokens of English; top-1 agreement with
+float32; decode tok/s at 2 threads, float32 18.7):
+    int8, accuracy_level 0     98.4%   5-7 tok/s  (the default: meets the 97% floor, but slow)
+    int8, accuracy_level 4     96.2%  30 tok/s    (--accuracy-level 4: fast, just under the floor)
+    int8-dynamic               52.9% (59.5% per channel)
+    int4, accuracy_level 4     68-72% (block 16-32, symmetric or not; level 0 no better)  33 tok/s
+Hence int8 is block-wise MatMulNBits and quantize_dynamic stays available by name only.
 
 The lm_head / shadow head (every MatMul or Gemm whose output reaches `logits`) stays float32 by
 default: on SmolLM2 quantizing it changed the first greedy token (DESIGN.md), and its errors land
@@ -48,10 +51,11 @@ class QuantizeSettings:
     block_size: int = 32
     symmetric: bool = True
     quantize_head: bool = False
+    accuracy: int | None = None  # MatMulNBits accuracy_level; None: the precision's default
 
     @property
     def accuracy_level(self) -> int:
-        return _ACCURACY_LEVEL.get(self.to, 0)
+        return _ACCURACY_LEVEL.get(self.to, 0) if self.accuracy is None else self.accuracy
 
     def record(self) -> dict[str, Any]:
         if self.to == "int8-dynamic":
