@@ -157,6 +157,7 @@ def test_cli_quantize_json_and_export_quantize(tiny_exports, tmp_path):
     manifest = read_manifest(tmp_path / "e")
     assert {g.precision for g in manifest.graphs.values()} == {"int8"}
     assert manifest.source["validation"]["passed"] is True  # the float32 export was validated first
+    assert "not kept" in manifest.fidelity["against"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "q"]  # no scratch folder left
 
 

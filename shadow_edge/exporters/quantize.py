@@ -116,6 +116,7 @@ def quantize_bundle(
     threads: int | None = None,
     mobile: bool = False,
     progress: Callable[[str], None] | None = None,
+    source_label: str | None = None,
 ) -> QuantizeResult:
     """Write a quantized copy of `bundle` to `output`.
 
@@ -126,7 +127,7 @@ def quantize_bundle(
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
     the source and store the figures in manifest.fidelity; under FLOORS a warning, or with
     strict=True a QuantizeError. mobile: also write the ORT-format graphs and the onnxruntime-genai
-    folder (mobile.py)."""
+    folder (mobile.py). source_label: how the manifest names the source (default: its path)."""
     started = time.perf_counter()
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
@@ -158,7 +159,7 @@ def quantize_bundle(
                 **source.source,
                 "weights": weights.record(list(specs)),
                 "quantized_from": {
-                    "bundle": str(source_root.resolve()),
+                    "bundle": source_label or str(source_root.resolve()),
                     "manifest_sha256": sha256_file(source_root / MANIFEST_FILE),
                     "precision": to,
                 },
@@ -182,6 +183,7 @@ def quantize_bundle(
         (folder / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
         if check:
             report = evaluate(folder, source_root, text=text, threads=threads)
+            report["against"] = source_label or report["against"]
             failures = below_floor(report, to)
             manifest.fidelity = {**report, "floors": FLOORS[to], "passed": not failures, "failures": failures}
             if failures and strict:
@@ -207,4 +209,5 @@ def export_quantized(
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.float32-", dir=output.parent) as scratch:
         source = export(checkpoint, Path(scratch) / "bundle", **options).output
-        return quantize_bundle(source, output, to, force=force, **quantize_options)
+        label = "the float32 export made on the way (not kept)"
+        return quantize_bundle(source, output, to, force=force, source_label=label, **quantize_options)
