@@ -28,3 +28,43 @@ def test_smollm2_bundle_stores_the_embedding_once(smollm2_export):
     manifest = read_manifest(smollm2_export.bundle)
     assert manifest.tokenizer["file"] == "tokenizer.json" and manifest.tokenizer["chat_template"]
     assert manifest.model.eos_token_ids == [2]
+
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+]
+
+
+def _reference_greedy(reference, ids: list[int], new_tokens: int, mode: str) -> list[int]:
+    """shadow-peft recomputing the whole sequence for every token, as its generate(use_cache=False)."""
+    import torch
+
+    out: list[int] = []
+    seq = list(ids)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            input_ids = torch.tensor([seq])
+            result = reference(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            logits = result.logits if mode == "attached" else result.shadow_logits
+            out.append(int(logits[0, -1].argmax()))
+            seq.append(out[-1])
+    return out
+
+
+@pytest.mark.parametrize("mode", ["attached", "detached"])
+def test_smollm2_text_generation_equals_shadow_peft_greedy(smollm2_export, mode):
+    import shadow_edge
+    from shadow_edge.exporters.checkpoint import load_checkpoint
+
+    reference = load_checkpoint(smollm2_export.checkpoint).reference
+    model = shadow_edge.load(smollm2_export.bundle, mode=mode, threads=2)
+    for prompt in PROMPTS:
+        result = model.generate(prompt, max_new_tokens=32, temperature=0.0, eos_token_ids=[])
+        ids = model.encode(prompt)
+        assert result.token_ids == _reference_greedy(reference, ids, 32, mode), prompt
+        assert result.text == model.tokenizer.decode(result.token_ids)
+        assert result.prompt_tokens == len(ids) and result.new_tokens == 32
