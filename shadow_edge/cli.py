@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import ShadowEdgeError
@@ -29,9 +30,11 @@ err_console = Console(stderr=True)
 
 
 def fail(message: str, hint: str = "") -> None:
-    """One line on stderr (never wrapped), then exit 1."""
+    """One line on stderr (never wrapped), then exit 1. Messages quote user input: escape Rich markup."""
     err_console.print(
-        f"[bold red]error:[/] {message}" + (f"; [dim]{hint}[/]" if hint else ""), highlight=False, soft_wrap=True
+        f"[bold red]error:[/] {escape(message)}" + (f"; [dim]{escape(hint)}[/]" if hint else ""),
+        highlight=False,
+        soft_wrap=True,
     )
     raise typer.Exit(1)
 

@@ -141,6 +141,7 @@ BAD_REQUESTS = [
     (["--prompt-ids", "1,-4"], "token id -4 is outside the vocabulary"),
     (["--prompt-ids", "1,x"], "token ids must be integers"),
     (["--prompt-ids", ","], "no token ids given"),
+    (["--prompt-ids", "1,[/x]"], "got '1,[/x]'"),  # printed as is, not as Rich markup
     (["--prompt-ids", "1", "--max-new-tokens", "-5"], "max_new_tokens must be a positive integer"),
     (["--prompt-ids", "1", "--max-new-tokens", "0"], "max_new_tokens must be a positive integer"),
     (["--prompt-ids", "1", "--max-new-tokens", "100000000"], "exceeds the model's context of 128"),
