@@ -254,3 +254,21 @@ def test_detached_mode_never_opens_the_backbone(tiny_exports, tmp_path):
         shadow_edge.load(bundle, mode="attached")
     with pytest.raises(BundleError, match="does not support base mode"):
         shadow_edge.load(bundle, mode="base")
+
+
+def test_attached_graphs_read_weights_from_the_shared_file_and_detached_prepacks(tiny_exports):
+    """Attached sessions skip prepacking, so the embedding table stays one memory-mapped copy."""
+    bundle = tiny_exports["llama"].bundle
+
+    def prepacked(runner) -> bool:
+        try:
+            return runner.session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
+        except RuntimeError:  # not set: onnxruntime's default, prepacking
+            return True
+
+    def prepacking(model) -> dict[str, bool]:
+        return {name: prepacked(runner) for name, runner in model.engine.runners.items()}
+
+    assert prepacking(shadow_edge.load(bundle)) == {"shadow": False, "backbone": False}
+    assert prepacking(shadow_edge.load(bundle, mode="detached")) == {"shadow_lm": True}
+    assert prepacking(shadow_edge.load(bundle, prepack=True)) == {"shadow": True, "backbone": True}

@@ -47,28 +47,33 @@ from .tokenizer import Message, Tokenizer
 MODES = tuple(MODE_GRAPHS)
 VERIFY = ("hash", "size")
 
-# Weight prepacking per graph. All graphs memory-map the one weights.data, so pages they share
-# (the embedding table, read by Gather in both attached graphs and by the tied lm_head's Gemm)
-# are held once -- unless the CPU provider prepacks a MatMul/Gemm weight, which makes a private
-# copy per session and touches every page of the original while doing so. Measured on SmolLM2-135M
-# (shadow + backbone, 32-token prompt, 64 new tokens, 2 threads; RSS = whole-process peak):
-#   attached, prepacking on:  744 MB    off: 634 MB   decode speed within noise of each other
-#   detached, prepacking on:  293 MB    off: 185 MB   prepacked ~1.3x faster (the lm_head dominates)
-# Attached: off in both graphs, so the embedding table and the tied lm_head are held once and the
-# 30-layer backbone is paid for once (the file pages), at no measurable speed cost. Detached: one
-# session shares nothing, and the prepacked lm_head is worth its ~110 MB on the mode meant to be fast.
-# Base (the base model alone, a comparison mode) is one session too: prepacked, as detached.
+# Weight prepacking per graph. All graphs memory-map the one weights.data, so tensors they share
+# (the embedding table: Gather in both attached graphs, and the tied lm_head's Gemm in the
+# backbone) are held once, as file pages. Prepacking (the CPU provider's default) gives a session a
+# private repacked copy of each MatMul/Gemm weight: faster kernels, and the original's pages are
+# released -- except the embedding table's, which the Gathers still read, so the table is then held
+# twice. Measured on SmolLM2-135M (34-token prompt, 48 new tokens, 1 thread, whole-process peak RSS):
+#   attached  prepacking on: 771 MB, 29.5 tok/s    off: 663 MB, 22.0 tok/s
+#   detached  prepacking on: 340 MB, 130 tok/s     off: 232 MB,  95 tok/s
+# Default: off in attached mode, so the embedding table and the tied head are held once as asked of
+# this mode (-110 MB); on in the one-session modes (detached, base), where speed is the point and
+# nothing is shared between sessions. load(..., prepack=True/False) overrides this for every graph.
 PREPACK = {SHADOW_GRAPH: False, BACKBONE_GRAPH: False, SHADOW_LM_GRAPH: True, BASE_LM_GRAPH: True}
 
 
 def load(
-    bundle: str | Path, mode: str = "attached", threads: int | None = None, verify: str = "hash"
+    bundle: str | Path,
+    mode: str = "attached",
+    threads: int | None = None,
+    verify: str = "hash",
+    prepack: bool | None = None,
 ) -> ShadowEdgeModel:
     """Open a bundle folder for generation in `mode`: "attached", "detached", or "base" (the base
     model without the adapter, in bundles exported with --with-base).
 
     threads: onnxruntime intra-op threads (None: onnxruntime's default, one per core).
-    verify: "hash" checks size and sha256 of the mode's files, "size" their sizes only."""
+    verify: "hash" checks size and sha256 of the mode's files, "size" their sizes only.
+    prepack: repack weights per session (faster, more memory); None: the PREPACK default per graph."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if verify not in VERIFY:
@@ -89,7 +94,7 @@ def load(
     runners = {}
     for name in MODE_GRAPHS[mode]:
         spec = manifest.graphs[name]
-        options = session_options(threads, prepack=PREPACK[name])
+        options = session_options(threads, prepack=PREPACK[name] if prepack is None else prepack)
         runners[name] = GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
     tokenizer = Tokenizer.from_bundle(root, manifest)
     return ShadowEdgeModel(root, manifest, Engine(mode, runners, manifest.model), tokenizer)
