@@ -83,8 +83,15 @@ def peak_rss_mb() -> float:
         import psutil
 
         return psutil.Process().memory_info().peak_wset / 2**20
+    if sys.platform.startswith("linux"):
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec, so a process started by a
+        # large parent (bench, a test runner) would report the parent's peak
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB on Linux
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes on macOS, KiB elsewhere
 
 
 def parse_token_ids(text: str) -> list[int]:

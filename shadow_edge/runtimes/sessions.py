@@ -17,12 +17,15 @@ from ..errors import BundleError
 from .kv_cache import KVCache
 
 
-def session_options(threads: int | None = None, prepack: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None = None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
     """CPU options; prepack=False keeps MatMul/Gemm weights in the memory-mapped weights file
-    instead of a private repacked copy per session (see runtimes/model.py for when)."""
+    instead of a private repacked copy per session; spin=False lets the intra-op threads sleep as
+    soon as a run ends (see runtimes/model.py for when)."""
     options = ort.SessionOptions()
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
