@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bundle import BACKBONE_GRAPH, MODE_GRAPHS, SHADOW_GRAPH, GraphSpec, ModelSpec, cache_for, modes_of
+from ..bundle import SHADOW_GRAPH, GraphSpec, ModelSpec, cache_for, modes_of
+from ..runtimes.engine import Engine, left_pad
 from ..runtimes.sessions import GraphRunner, session_options
 from .checkpoint import load_base_model
 
@@ -26,30 +27,19 @@ DEFAULT_TOLERANCE = 1e-3
 GREEDY_TOKENS = 8
 
 
-class _Runners:
-    """A session per graph; steps one mode's graphs on new tokens."""
+class _Engines:
+    """The runtime's own Engine for every mode the bundle has, so validation checks the exact code
+    path that generates; and the shadow graph's session, to compare shadow states directly."""
 
     def __init__(self, folder: Path, graphs: dict[str, GraphSpec], model: ModelSpec) -> None:
         options = session_options()
-        self.runners = {
+        runners = {
             name: GraphRunner(folder / spec.file, spec, cache_for(model, name), options)
             for name, spec in graphs.items()
         }
         self.modes = modes_of(graphs)
-
-    def logits(self, mode: str, caches: dict, ids, mask, pos, keep: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """(logits, shadow states or None) for new tokens, advancing the mode's caches."""
-        if mode == "attached":
-            states = self.runners[SHADOW_GRAPH].step(caches[SHADOW_GRAPH], ids, mask, pos)
-            backbone = self.runners[BACKBONE_GRAPH]
-            return backbone.step(
-                caches[BACKBONE_GRAPH], ids, mask, pos, shadow_states=states, logits_to_keep=keep
-            ), states
-        (name,) = MODE_GRAPHS[mode]
-        return self.runners[name].step(caches[name], ids, mask, pos, logits_to_keep=keep), None
-
-    def new_caches(self, batch: int) -> dict:
-        return {name: runner.new_cache(batch) for name, runner in self.runners.items()}
+        self.engines = {mode: Engine(mode, runners, model) for mode in self.modes}
+        self.shadow = runners[SHADOW_GRAPH]
 
 
 class _Reference:
@@ -94,64 +84,43 @@ class _Tally:
         return {"max_abs_diff": self.max_diff, "argmax_agree": self.agree, "positions": self.total}
 
 
-def _positions(mask: np.ndarray) -> np.ndarray:
-    """Position ids as transformers' generate() derives them: cumsum(mask) - 1, pads at 1."""
-    pos = np.cumsum(mask, axis=1) - 1
-    return np.where(mask == 0, 1, pos)
-
-
-def _prefill_then_decode(runners: _Runners, ref: _Reference, tokens: np.ndarray, tallies: dict) -> None:
+def _prefill_then_decode(runs: _Engines, ref: _Reference, tokens: np.ndarray, tallies: dict) -> None:
     want = ref(tokens)
-    for mode in runners.modes:
-        caches = runners.new_caches(1)
-        chunks = [(0, 8), (8, 9), (9, 10), (10, 12)]
-        for start, end in chunks:
-            ids = tokens[None, start:end]
-            mask = np.ones((1, end), dtype=np.int64)
-            pos = np.arange(start, end)[None]
-            logits, states = runners.logits(mode, caches, ids, mask, pos, keep=0)
+    for mode, engine in runs.engines.items():
+        seqs = engine.start(1)
+        for start, end in [(0, 8), (8, 9), (9, 10), (10, 12)]:
+            logits = engine.forward(seqs, tokens[None, start:end], keep=0)
             tallies[mode].add(logits[0], want[mode][start:end])
-            if states is not None:
-                tallies["shadow_states"].add(states[0], want["states"][start:end])
+    length = len(tokens)
+    states = runs.shadow.step(runs.shadow.new_cache(1), tokens[None], np.ones((1, length)), np.arange(length)[None])
+    tallies["shadow_states"].add(states[0], want["states"])
 
 
-def _batch_left_padding(runners: _Runners, ref: _Reference, rows: list[np.ndarray], pad_id: int, tallies) -> None:
-    prompt_len, steps = 9, 3
-    lengths = [prompt_len, 5]
+def _batch_left_padding(runs: _Engines, ref: _Reference, rows: list[np.ndarray], pad_id: int, tallies) -> None:
+    lengths, steps = [9, 5], 3
     full = [ref(row[: n + steps]) for row, n in zip(rows, lengths, strict=True)]
-    ids = np.full((2, prompt_len), pad_id, dtype=np.int64)
-    mask = np.zeros((2, prompt_len), dtype=np.int64)
-    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
-        ids[b, prompt_len - n :] = row[:n]
-        mask[b, prompt_len - n :] = 1
-    for mode in runners.modes:
-        caches = runners.new_caches(2)
-        logits, _ = runners.logits(mode, caches, ids, mask, _positions(mask), keep=0)
+    ids, mask = left_pad([row[:n] for row, n in zip(rows, lengths, strict=True)], pad_id)
+    width = ids.shape[1]
+    for mode, engine in runs.engines.items():
+        seqs = engine.start(2)
+        logits = engine.forward(seqs, ids, mask=mask, keep=0)
         for b, n in enumerate(lengths):
-            tallies[mode].add(logits[b, prompt_len - n :], full[b][mode][:n])
-        step_mask = mask
+            tallies[mode].add(logits[b, width - n :], full[b][mode][:n])
         for t in range(steps):
-            step_mask = np.concatenate([step_mask, np.ones((2, 1), dtype=np.int64)], axis=1)
             new = np.array([[row[n + t]] for row, n in zip(rows, lengths, strict=True)], dtype=np.int64)
-            pos = _positions(step_mask)[:, -1:]
-            logits, _ = runners.logits(mode, caches, new, step_mask, pos, keep=1)
+            logits = engine.forward(seqs, new, keep=1)
             for b, n in enumerate(lengths):
                 tallies[mode].add(logits[b, -1:], full[b][mode][n + t : n + t + 1])
 
 
-def _greedy(runners: _Runners, ref: _Reference, prompt: np.ndarray) -> dict:
+def _greedy(runs: _Engines, ref: _Reference, prompt: np.ndarray) -> dict:
     result = {}
-    for mode in runners.modes:
-        caches = runners.new_caches(1)
+    for mode, engine in runs.engines.items():
+        seqs = engine.start(1)
         got: list[int] = []
         ids = prompt[None]
-        mask = np.ones((1, 0), dtype=np.int64)
         for _ in range(GREEDY_TOKENS):
-            start = mask.shape[1]
-            mask = np.ones((1, start + ids.shape[1]), dtype=np.int64)
-            pos = np.arange(start, mask.shape[1])[None]
-            logits, _ = runners.logits(mode, caches, ids, mask, pos, keep=1)
-            got.append(int(logits[0, -1].argmax()))
+            got.append(int(engine.forward(seqs, ids, keep=1)[0, -1].argmax()))
             ids = np.array([[got[-1]]], dtype=np.int64)
         want: list[int] = []
         seq = prompt
@@ -172,9 +141,9 @@ def validate_bundle(
     seed: int = 0,
 ) -> dict:
     """Run every scenario; returns the report stored in manifest['validation']."""
-    runners = _Runners(folder, graphs, model)
+    runs = _Engines(folder, graphs, model)
     base_model = None
-    if "base" in runners.modes:
+    if "base" in runs.modes:
         base_model, _ = load_base_model(loaded.base_dir)
         base_model.eval()
     ref = _Reference(loaded.reference, base_model)
@@ -185,10 +154,10 @@ def validate_bundle(
     pad_id = loaded.base_model.config.pad_token_id
     pad_id = int(pad_id) if pad_id is not None else 0
 
-    tallies = {mode: _Tally() for mode in runners.modes} | {"shadow_states": _Tally()}
-    _prefill_then_decode(runners, ref, tokens, tallies)
-    _batch_left_padding(runners, ref, rows, pad_id, tallies)
-    greedy = _greedy(runners, ref, tokens[:6])
+    tallies = {mode: _Tally() for mode in runs.modes} | {"shadow_states": _Tally()}
+    _prefill_then_decode(runs, ref, tokens, tallies)
+    _batch_left_padding(runs, ref, rows, pad_id, tallies)
+    greedy = _greedy(runs, ref, tokens[:6])
 
     report = {name: tally.as_dict() for name, tally in tallies.items()}
     report["greedy"] = greedy
@@ -196,7 +165,7 @@ def validate_bundle(
     report["scenarios"] = ["prefill_then_decode", "batch2_left_padding", "greedy"]
     failures = [
         f"{mode}: max |logit diff| {report[mode]['max_abs_diff']:.2e} > {tolerance:.0e}"
-        for mode in runners.modes
+        for mode in runs.modes
         if not report[mode]["max_abs_diff"] <= tolerance  # NaN fails too
     ]
     failures += [
