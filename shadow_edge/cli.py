@@ -232,6 +232,7 @@ def run(
     threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: one per core)")] = None,
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="check file sizes only, not sha256")] = False,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="no weight prepacking: less RAM, slower")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with tokens, text and stats")] = False,
 ) -> None:
     """Generate from a bundle: stream text (or token ids) to stdout, stats to stderr."""
@@ -262,7 +263,11 @@ def run(
     if interactive and as_json:
         raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
     model = load(
-        bundle, mode="detached" if detached else "attached", threads=threads, verify="size" if no_verify else "hash"
+        bundle,
+        mode="detached" if detached else "attached",
+        threads=threads,
+        verify="size" if no_verify else "hash",
+        prepack=not low_memory,
     )
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
         raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")

@@ -256,19 +256,26 @@ def test_detached_mode_never_opens_the_backbone(tiny_exports, tmp_path):
         shadow_edge.load(bundle, mode="base")
 
 
-def test_attached_graphs_read_weights_from_the_shared_file_and_detached_prepacks(tiny_exports):
-    """Attached sessions skip prepacking, so the embedding table stays one memory-mapped copy."""
+def test_sessions_prepack_by_default_and_the_attached_shadow_pool_sleeps(tiny_exports):
+    """Prepacking on (quantized MatMulNBits is ~5x slower without it) unless prepack=False; the
+    attached shadow session does not spin, so its threads leave the cores to the backbone."""
     bundle = tiny_exports["llama"].bundle
 
-    def prepacked(runner) -> bool:
+    def entry(runner, key: str) -> str | None:
         try:
-            return runner.session.get_session_options().get_session_config_entry("session.disable_prepacking") != "1"
-        except RuntimeError:  # not set: onnxruntime's default, prepacking
-            return True
+            return runner.session.get_session_options().get_session_config_entry(key)
+        except RuntimeError:  # not set: onnxruntime's default
+            return None
 
-    def prepacking(model) -> dict[str, bool]:
-        return {name: prepacked(runner) for name, runner in model.engine.runners.items()}
+    def settings(model) -> dict[str, tuple[bool, bool]]:
+        return {
+            name: (
+                entry(runner, "session.disable_prepacking") != "1",
+                entry(runner, "session.intra_op.allow_spinning") != "0",
+            )
+            for name, runner in model.engine.runners.items()
+        }
 
-    assert prepacking(shadow_edge.load(bundle)) == {"shadow": False, "backbone": False}
-    assert prepacking(shadow_edge.load(bundle, mode="detached")) == {"shadow_lm": True}
-    assert prepacking(shadow_edge.load(bundle, prepack=True)) == {"shadow": True, "backbone": True}
+    assert settings(shadow_edge.load(bundle)) == {"shadow": (True, False), "backbone": (True, True)}
+    assert settings(shadow_edge.load(bundle, mode="detached")) == {"shadow_lm": (True, True)}
+    assert settings(shadow_edge.load(bundle, prepack=False)) == {"shadow": (False, False), "backbone": (False, True)}

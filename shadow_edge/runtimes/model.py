@@ -47,18 +47,16 @@ from .tokenizer import Message, Tokenizer
 MODES = tuple(MODE_GRAPHS)
 VERIFY = ("hash", "size")
 
-# Weight prepacking per graph. All graphs memory-map the one weights.data, so tensors they share
-# (the embedding table: Gather in both attached graphs, and the tied lm_head's Gemm in the
-# backbone) are held once, as file pages. Prepacking (the CPU provider's default) gives a session a
-# private repacked copy of each MatMul/Gemm weight: faster kernels, and the original's pages are
-# released -- except the embedding table's, which the Gathers still read, so the table is then held
-# twice. Measured on SmolLM2-135M (34-token prompt, 48 new tokens, 1 thread, whole-process peak RSS):
-#   attached  prepacking on: 771 MB, 29.5 tok/s    off: 663 MB, 22.0 tok/s
-#   detached  prepacking on: 340 MB, 130 tok/s     off: 232 MB,  95 tok/s
-# Default: off in attached mode, so the embedding table and the tied head are held once as asked of
-# this mode (-110 MB); on in the one-session modes (detached, base), where speed is the point and
-# nothing is shared between sessions. load(..., prepack=True/False) overrides this for every graph.
-PREPACK = {SHADOW_GRAPH: False, BACKBONE_GRAPH: False, SHADOW_LM_GRAPH: True, BASE_LM_GRAPH: True}
+# Weight prepacking. All graphs memory-map the one weights.data, so tensors they share (the
+# embedding table: Gather in both attached graphs, and the tied lm_head's Gemm) are file pages held
+# once. Prepacking (the CPU provider's default) gives a session a private repacked copy of each
+# MatMul/Gemm weight. The Gathers still read only the rows they look up, so no graph holds the
+# embedding table a second time; but the pages read while packing stay counted in RSS until the
+# kernel reclaims them. Measured on SmolLM2-135M (2 threads, 256-token prompt):
+#   fp32 attached  prepacking on ~10% faster, +~100 MB peak RSS (815 vs 709 MB)
+#   int4 attached  on: 36 tok/s, off: 7 tok/s (MatMulNBits without packed weights is slow)
+#   fp32 detached  on: 130 tok/s, off: 95 tok/s (1 thread)
+# So it is on by default; load(..., prepack=False) (`run --low-memory`) trades that speed for memory.
 
 # Thread spinning. Each session has its own intra-op pool whose threads spin for a while after a
 # run. In attached mode the shadow graph's spinning threads then steal the cores from the backbone
@@ -73,14 +71,14 @@ def load(
     mode: str = "attached",
     threads: int | None = None,
     verify: str = "hash",
-    prepack: bool | None = None,
+    prepack: bool = True,
 ) -> ShadowEdgeModel:
     """Open a bundle folder for generation in `mode`: "attached", "detached", or "base" (the base
     model without the adapter, in bundles exported with --with-base).
 
     threads: onnxruntime intra-op threads (None: onnxruntime's default, one per core).
     verify: "hash" checks size and sha256 of the mode's files, "size" their sizes only.
-    prepack: repack weights per session (faster, more memory); None: the PREPACK default per graph."""
+    prepack: repack weights per session (faster; False holds less memory, see above)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if verify not in VERIFY:
@@ -101,7 +99,7 @@ def load(
     runners = {}
     for name in MODE_GRAPHS[mode]:
         spec = manifest.graphs[name]
-        options = session_options(threads, prepack=PREPACK[name] if prepack is None else prepack, spin=SPIN[name])
+        options = session_options(threads, prepack=prepack, spin=SPIN[name])
         runners[name] = GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
     tokenizer = Tokenizer.from_bundle(root, manifest)
     return ShadowEdgeModel(root, manifest, Engine(mode, runners, manifest.model), tokenizer)
