@@ -68,6 +68,7 @@ def write_demo_checkpoint(folder: str | Path, seed: int = 0) -> Path:
         write_smollm2_base(base_dir)
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = ShadowConfig(num_shadow_layers=1, injection_hidden_size=16, gate_hidden_size=10, alpha=0.1)
+    torch.manual_seed(seed)  # shadow-peft draws its initial weights from the global generator
     model = ShadowForCausalLM(get_shadow_model(base, config))
     shadow = model.peft_model.shadow_model
     generator = torch.Generator().manual_seed(seed)
