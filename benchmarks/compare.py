@@ -124,7 +124,7 @@ def make_system(name: str, threads: int):
 
 
 def worker(name: str, threads: int, repeat: int, quick: bool) -> dict:
-    import resource
+    from shadow_edge.runtimes.generate import peak_rss_mb
 
     run = make_system(name, threads)
     run(prompt_ids(16), 2)  # warm-up: lazy initialization, allocator
@@ -149,8 +149,7 @@ def worker(name: str, threads: int, repeat: int, quick: bool) -> dict:
             "ms_per_token": 1000 * statistics.median(per_token),
             "runs_ms": [1000 * t for t in per_token],
         }
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"system": name, "end_to_end": e2e, "decode": decode, "peak_rss_mb": peak}
+    return {"system": name, "end_to_end": e2e, "decode": decode, "peak_rss_mb": peak_rss_mb()}
 
 
 # ---- the parent: set up, run the workers, report ------------------------------------------------------

@@ -14,10 +14,47 @@ cached decoding is exact (see DESIGN.md).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+
+GROUPED_ATTENTION = "shadow_edge_grouped"
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' eager attention without repeat_kv: the query heads that share a KV head are
+    stacked along the sequence axis, so the graph never copies the KV cache to every query head
+    (repeat_kv's Expand copied the whole cache n_heads/n_kv_heads times per token)."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    query = query.reshape(batch, kv_heads, groups * length, dim)  # row g * length + t
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask.repeat(1, 1, groups, 1)
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights, value).reshape(batch, heads, length, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+
+
+@contextmanager
+def attention_implementation(configs: list, name: str) -> Iterator[None]:
+    """Trace with `name` as the attention of these configs; the reference keeps its own."""
+    before = [config._attn_implementation for config in configs]
+    for config in configs:
+        config._attn_implementation = name
+    try:
+        yield
+    finally:
+        for config, impl in zip(configs, before, strict=True):
+            config._attn_implementation = impl
 
 
 class _TensorCache:

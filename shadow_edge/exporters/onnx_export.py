@@ -28,7 +28,14 @@ from ..bundle import (
     CacheSpec,
     TensorSpec,
 )
-from .graphs import BackboneGraph, base_lm_graph, shadow_graph, shadow_lm_graph
+from .graphs import (
+    GROUPED_ATTENTION,
+    BackboneGraph,
+    attention_implementation,
+    base_lm_graph,
+    shadow_graph,
+    shadow_lm_graph,
+)
 from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
 
 DEFAULT_OPSET = 17
@@ -161,7 +168,9 @@ def export_graphs(
     graphs = {}
     for kind in names:
         cache = base_cache if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else shadow_cache
-        model = trace_graph(GRAPH_MODULES[kind](loaded), kind, cache, hidden, opset)
+        configs = [loaded.base_model.config, loaded.peft.shadow_model.config]
+        with attention_implementation(configs, GROUPED_ATTENTION):
+            model = trace_graph(GRAPH_MODULES[kind](loaded), kind, cache, hidden, opset)
         tie_transposed_heads(model)
         weights.externalize(kind, model)
         file = f"{kind}.onnx"
