@@ -121,25 +121,28 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
 
 
 def tie_transposed_heads(model: onnx.ModelProto) -> int:
-    """Rewrite MatMul(x, W^T) as Gemm(x, W, transB=1) where W^T is a stored transpose of another
-    initializer (the exporter folds a tied lm_head into a transposed copy of the embedding table).
+    """Rewrite MatMul(x, W^T) as Gemm(x, W, transB=1) where W^T is a stored transpose of an
+    embedding table (the exporter folds a tied lm_head into a transposed copy of the table).
+    Only MatMul weights shaped like a transposed Gather table are compared, each table read once.
     Returns how many heads were tied."""
     graph = model.graph
     by_name = {t.name: t for t in graph.initializer}
+    gathered = {node.input[0] for node in graph.node if node.op_type == "Gather"}
+    tables = {(tuple(t.dims), t.data_type): t for t in graph.initializer if t.name in gathered and len(t.dims) == 2}
+    arrays: dict[str, np.ndarray] = {}
     tied = 0
     for node in graph.node:
         weight = by_name.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2:
+        table = tables.get((tuple(weight.dims)[::-1], weight.data_type)) if weight is not None else None
+        if table is None:
             continue
-        array = numpy_helper.to_array(weight)
-        for other in graph.initializer:
-            if list(other.dims) == list(weight.dims)[::-1] and other.data_type == weight.data_type:
-                if np.array_equal(numpy_helper.to_array(other), array.T):
-                    node.op_type = "Gemm"
-                    node.input[1] = other.name
-                    node.attribute.append(onnx.helper.make_attribute("transB", 1))
-                    tied += 1
-                    break
+        if table.name not in arrays:
+            arrays[table.name] = numpy_helper.to_array(table)
+        if np.array_equal(numpy_helper.to_array(weight), arrays[table.name].T):
+            node.op_type = "Gemm"
+            node.input[1] = table.name
+            node.attribute.append(onnx.helper.make_attribute("transB", 1))
+            tied += 1
     used = {name for node in graph.node for name in node.input}
     unused = [t for t in graph.initializer if t.name not in used]
     for tensor in unused:
