@@ -238,12 +238,12 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.threads, args.repeat, args.quick)))
         return
 
-    from shadow_edge.bundle import MODE_GRAPHS, read_manifest
+    from shadow_edge.bundle import read_manifest
     from shadow_edge.runtimes.bandwidth import read_bandwidth
 
     prepare(args.work)
     manifest = read_manifest(args.work / "bundle")
-    per_token = {m: sum(manifest.graphs[g].weight_bytes_per_token for g in MODE_GRAPHS[m]) for m in manifest.modes}
+    per_token = {m: manifest.weight_bytes_per_token(m) for m in manifest.modes}
     bandwidth = read_bandwidth(args.threads, nbytes=per_token["attached"])
     results = {}
     for system in args.systems.split(","):

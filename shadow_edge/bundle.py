@@ -120,6 +120,10 @@ class Manifest:
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
+    def weight_bytes_per_token(self, mode: str) -> int:
+        """Weight bytes one decoded token reads in `mode`: the sum over the mode's graphs."""
+        return sum(self.graphs[g].weight_bytes_per_token for g in MODE_GRAPHS[mode])
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

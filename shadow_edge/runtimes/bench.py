@@ -69,7 +69,7 @@ def measure_mode(
     engine.runners = timed
     spec = model.manifest.model
     rng = np.random.default_rng(seed)
-    weights = sum(model.manifest.graphs[g].weight_bytes_per_token for g in MODE_GRAPHS[mode])
+    weights = model.manifest.weight_bytes_per_token(mode)
     rows = []
     for length in prompt_lens:
         if length + new_tokens > model.context_length:
@@ -132,7 +132,7 @@ def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
     if settings.constrained and "detached" in manifest.modes:
         runs.append(("detached", 1))
     threads = settings.threads or os.cpu_count() or 1
-    largest = max(sum(manifest.graphs[g].weight_bytes_per_token for g in MODE_GRAPHS[m]) for m in modes)
+    largest = max(manifest.weight_bytes_per_token(m) for m in modes)
     probe = [read_bandwidth(threads, nbytes=max(largest, 64 << 20)) for _ in range(2)]
     results = []
     for mode, mode_threads in runs:
