@@ -2,6 +2,7 @@
 
     shadow_edge.export(checkpoint, out)         torch side, needs the `export` extra
     shadow_edge.load(bundle, mode="attached")   torch-free runtime
+    shadow_edge.load_cascade(bundle, remote=None) the detached shadow first, escalating when unsure
 
 Both are imported lazily so that `import shadow_edge` never pulls in torch.
 """
@@ -29,3 +30,12 @@ def load(*args: Any, **kwargs: Any):
 
 
 load.__doc__ = "See shadow_edge.runtimes.model.load."
+
+
+def load_cascade(*args: Any, **kwargs: Any):
+    from .runtimes.cascade import load_cascade as _load_cascade
+
+    return _load_cascade(*args, **kwargs)
+
+
+load_cascade.__doc__ = "See shadow_edge.runtimes.cascade.load_cascade."

@@ -6,6 +6,7 @@ A bundle is a folder:
     shadow_lm.onnx       the same decoder plus the shadow head -> logits (+ present KV) [detached]
     backbone.onnx        tokens + shadow_states (+ base past KV) -> logits (+ present KV) [attached]
     base_lm.onnx         optional: the base model alone, without the adapter              [base]
+    shadow_head.onnx     shadow_states -> logits: the shadow head alone                   [cascade]
     weights.data         every initializer of every graph, each distinct tensor stored once
     tokenizer.json ...   when the base model has a tokenizer
 
@@ -32,10 +33,18 @@ SHADOW_GRAPH = "shadow"
 SHADOW_LM_GRAPH = "shadow_lm"
 BACKBONE_GRAPH = "backbone"
 BASE_LM_GRAPH = "base_lm"
+SHADOW_HEAD_GRAPH = "shadow_head"
 MODE_GRAPHS = {
     "attached": (SHADOW_GRAPH, BACKBONE_GRAPH),
     "detached": (SHADOW_LM_GRAPH,),
     "base": (BASE_LM_GRAPH,),  # only in bundles exported with --with-base
+}
+# The cascade is a schedule over graphs, not a mode of its own: the shadow graph plus its head
+# answer first (detached), keeping the prompt's shadow states; escalating locally hands those
+# states and the shadow KV cache to the backbone. With a remote, the backbone is never loaded.
+CASCADE_GRAPHS = {
+    "local": (SHADOW_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH),
+    "remote": (SHADOW_GRAPH, SHADOW_HEAD_GRAPH),
 }
 
 # I/O names follow optimum / onnxruntime-genai so the detached graph is a plain decoder.
@@ -117,6 +126,7 @@ class Manifest:
     tokenizer: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)  # quantized bundles: eval against the source
     mobile: dict[str, Any] = field(default_factory=dict)  # ORT-format graphs, onnxruntime-genai folder
+    escalation: dict[str, Any] = field(default_factory=dict)  # cascade policy defaults (runtimes/escalation.py)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 

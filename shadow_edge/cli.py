@@ -83,6 +83,12 @@ def export(
     with_base: Annotated[bool, typer.Option("--with-base", help="add the base model alone (mode 'base')")] = False,
     quantize: Annotated[str, typer.Option(help="none, int8, int4 (or int8-dynamic): see `quantize`")] = "none",
     mobile: Annotated[bool, typer.Option("--mobile", help="also write .ort graphs and genai_config.json")] = False,
+    escalation_marker: Annotated[
+        str | None, typer.Option(help="cascade default: escalate when the shadow says this ('' = off)")
+    ] = None,
+    confidence_threshold: Annotated[
+        float | None, typer.Option(min=0.0, help="cascade default: escalate under this top-1 probability")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Export a ShadowPEFT checkpoint to a validated ONNX bundle."""
@@ -95,6 +101,7 @@ def export(
         "load": "loading checkpoint and base model",
         "shadow": "tracing shadow graph",
         "shadow_lm": "tracing detached shadow graph",
+        "shadow_head": "tracing shadow head graph",
         "backbone": "tracing backbone graph",
         "base_lm": "tracing base graph",
         "tokenizer": "copying tokenizer",
@@ -135,6 +142,7 @@ def export(
             tolerance=tolerance,
             with_base=with_base,
             mobile=mobile,
+            escalation=_escalation(marker=escalation_marker, confidence_threshold=confidence_threshold),
             progress=advance,
         )
     if as_json:
@@ -152,6 +160,13 @@ def export(
     _print_manifest(result.output)
     _warn_fidelity(getattr(result, "warnings", []))
     console.print(f"[green]exported[/] {result.output} in {result.seconds:.1f} s")
+
+
+def _escalation(**settings: Any) -> dict[str, Any]:
+    """Escalation settings given on the command line ('' turns the marker off)."""
+    from .runtimes.escalation import EscalationPolicy
+
+    return EscalationPolicy().updated(**settings).to_dict() if any(v is not None for v in settings.values()) else {}
 
 
 @app.command()
@@ -186,8 +201,10 @@ def _print_manifest(bundle: Path) -> None:
     graphs = Table("graph", "file", "precision", "inputs", "outputs", "weights", title="Graphs")
     per_graph = m.source.get("weights", {}).get("bytes_per_graph", {})
     for name, g in m.graphs.items():
-        ins = ", ".join(t.name for t in g.inputs if not t.name.startswith("past_key_values")) + ", past_key_values.*"
-        outs = ", ".join(t.name for t in g.outputs if not t.name.startswith("present")) + ", present.*"
+        cached = any(t.name.startswith("past_key_values") for t in g.inputs)
+        ins = ", ".join(t.name for t in g.inputs if not t.name.startswith("past_key_values"))
+        outs = ", ".join(t.name for t in g.outputs if not t.name.startswith("present"))
+        ins, outs = (ins + ", past_key_values.*", outs + ", present.*") if cached else (ins, outs)
         graphs.add_row(name, g.file, g.precision, ins, outs, _human_bytes(per_graph.get(name, 0)))
     console.print(graphs)
     files = Table("file", "size", "sha256", title=f"Files ({_human_bytes(sum(f.size for f in m.files.values()))})")
@@ -196,6 +213,9 @@ def _print_manifest(bundle: Path) -> None:
     console.print(files)
     if m.fidelity:
         _print_fidelity(m.fidelity)
+    if "shadow_head" in m.graphs:
+        policy = {k: v for k, v in m.escalation.items() if v is not None}
+        console.print(f"cascade: yes (`run --cascade`); escalation defaults: {json.dumps(policy)}", highlight=False)
     v = m.validation
     if v.get("skipped") or not v:
         console.print(f"[yellow]validation: {v.get('reason', 'skipped at export')}[/]")
@@ -203,13 +223,13 @@ def _print_manifest(bundle: Path) -> None:
     table = Table(
         "mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})"
     )
-    for mode in m.modes:
-        g = v["greedy"][mode]
+    for mode in [*m.modes, *(["shadow_head"] if "shadow_head" in v else [])]:
+        g = v["greedy"].get(mode)
         table.add_row(
             mode,
             f"{v[mode]['max_abs_diff']:.2e}",
             f"{v[mode]['argmax_agree']}/{v[mode]['positions']}",
-            f"{g['matched_prefix']}/{g['tokens']}",
+            f"{g['matched_prefix']}/{g['tokens']}" if g else "(as detached)",
         )
     console.print(table)
 
@@ -222,6 +242,22 @@ def run(
     prompt_ids: Annotated[str | None, typer.Option(help="prompt token ids, e.g. 1,2,3")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="use the chat template; interactive without --prompt")] = False,
     detached: Annotated[bool, typer.Option("--detached", help="shadow network only (no backbone)")] = False,
+    cascade: Annotated[
+        bool, typer.Option("--cascade", help="shadow first; escalate to attached (or --remote) when unsure")
+    ] = False,
+    remote: Annotated[str | None, typer.Option(help="--cascade: OpenAI-compatible server to escalate to")] = None,
+    confidence_threshold: Annotated[
+        float | None, typer.Option(min=0.0, help="--cascade: escalate if a first token's top-1 prob is below")
+    ] = None,
+    escalation_marker: Annotated[
+        str | None, typer.Option(help="--cascade: escalate when the shadow says this ('' = off)")
+    ] = None,
+    escalation_window: Annotated[
+        int | None, typer.Option(min=1, help="--cascade: how many first tokens the rules look at")
+    ] = None,
+    max_mean_entropy: Annotated[
+        float | None, typer.Option(min=0.0, help="--cascade: escalate above this mean entropy (nats)")
+    ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="default: the bundle's, within the context")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="argmax decoding (temperature 0)")] = False,
     temperature: Annotated[float | None, typer.Option(help="0 = greedy (default: the bundle's)")] = None,
@@ -249,6 +285,17 @@ def run(
         raise GenerationError("--greedy cannot be combined with --temperature, --top-k or --top-p")
     if threads is not None and threads < 1:
         raise GenerationError(f"--threads must be at least 1, got {threads}")
+    policy = dict(
+        remote=remote,
+        confidence_threshold=confidence_threshold,
+        marker=escalation_marker,
+        window=escalation_window,
+        max_mean_entropy=max_mean_entropy,
+    )
+    if cascade and detached:
+        raise GenerationError("--cascade and --detached are two different modes: choose one")
+    if not cascade and any(v is not None for v in policy.values()):
+        raise GenerationError("--remote and the escalation options need --cascade")
     flags = dict(
         max_new_tokens=max_new_tokens,
         temperature=0.0 if greedy else temperature,
@@ -262,41 +309,46 @@ def run(
     interactive = chat and prompt is None and sys.stdin.isatty()
     if interactive and as_json:
         raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
-    model = load(
-        bundle,
-        mode="detached" if detached else "attached",
-        threads=threads,
-        verify="size" if no_verify else "hash",
-        prepack=not low_memory,
-    )
+    opened = dict(threads=threads, verify="size" if no_verify else "hash", prepack=not low_memory)
+    if cascade:
+        from .runtimes.cascade import load_cascade
+
+        model = load_cascade(bundle, **opened, **policy)
+    else:
+        model = load(bundle, mode="detached" if detached else "attached", **opened)
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
         raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")
     if interactive:
         _chat_loop(model, settings)
         return
     if chat:
-        message = prompt if prompt is not None else sys.stdin.read()
-        ids = model.encode_chat([{"role": "user", "content": message}])
-    else:
-        ids = model.encode(prompt) if prompt is not None else parse_token_ids(prompt_ids or "")
-    if as_json:
-        print(json.dumps(model.generate(ids, **settings).to_dict()))
+        messages = [{"role": "user", "content": prompt if prompt is not None else sys.stdin.read()}]
+        if as_json:
+            print(json.dumps(model.chat(messages, **settings).to_dict()))
+            return
+        _stream(model, model.stream_chat(messages, **settings))
         return
-    _stream(model, ids, settings)
+    request = prompt if prompt is not None else parse_token_ids(prompt_ids or "")
+    if as_json:
+        print(json.dumps(model.generate(request, **settings).to_dict()))
+        return
+    _stream(model, model.stream(request, **settings))
 
 
-def _stream(model: Any, ids: list[int], settings: dict[str, Any]) -> str:
+def _stream(model: Any, responses: Any) -> str:
     """Print a generation as it is produced (text, or ids without a tokenizer); returns the text."""
     pieces = []
     last = None
-    for last in model.stream(ids, **settings):
+    for last in responses:
         piece = last.text if model.tokenizer is not None else f"{last.token} "
         pieces.append(piece)
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     if last is not None:
-        err_console.print(f"[dim]{last.summary()}[/]", highlight=False, soft_wrap=True)
+        served = getattr(responses, "served_by", None)  # a cascade's stream says who answered
+        note = f"served by {served}" + (f" ({responses.reason})" if responses.reason else "") + "; " if served else ""
+        err_console.print(f"[dim]{escape(note)}{last.summary()}[/]", highlight=False, soft_wrap=True)
     return "".join(pieces)
 
 
@@ -312,7 +364,7 @@ def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
         if not line.strip():
             return
         messages.append({"role": "user", "content": line})
-        answer = _stream(model, model.encode_chat(messages), settings)
+        answer = _stream(model, model.stream_chat(messages, **settings))
         messages.append({"role": "assistant", "content": answer})
 
 

@@ -52,3 +52,9 @@ class GenerationError(ShadowEdgeError):
 class QuantizeError(ShadowEdgeError):
     """Quantization was refused (bad settings, an already quantized bundle) or, with strict, its
     fidelity fell under the floor; nothing was written to the output."""
+
+
+class RemoteError(ShadowEdgeError):
+    """The cascade's remote server could not be reached or refused the request."""
+
+    hint = "check --remote (an OpenAI-compatible server, e.g. `shadow-edge serve BUNDLE`)"

@@ -88,6 +88,7 @@ def test_graphs_option_quantizes_only_the_named_graphs(tiny_exports, tmp_path):
     assert {n: g.precision for n, g in manifest.graphs.items()} == {
         "shadow": "float32",
         "shadow_lm": "int4",
+        "shadow_head": "float32",
         "backbone": "float32",
     }
     attached = manifest.fidelity["modes"]["attached"]
@@ -150,12 +151,15 @@ def test_cli_quantize_json_and_export_quantize(tiny_exports, tmp_path):
     code, output = run_cli("quantize", tiny_exports["mistral"].bundle, tmp_path / "q", "--to", "int8", "--json")
     assert code == 0
     result = json.loads(output)
-    assert result["precision"] == {"shadow": "int8", "shadow_lm": "int8", "backbone": "int8"}
+    # the shadow head alone is a head, kept float32 by default like the heads inside the other graphs
+    assert result["precision"] == {"shadow": "int8", "shadow_lm": "int8", "shadow_head": "float32", "backbone": "int8"}
     assert set(result["fidelity"]["modes"]) == {"attached", "detached"}
     code, output = run_cli("export", tiny_exports["llama"].checkpoint, tmp_path / "e", "--quantize", "int8", "--json")
     assert code == 0, output
     manifest = read_manifest(tmp_path / "e")
-    assert {g.precision for g in manifest.graphs.values()} == {"int8"}
+    assert {n: g.precision for n, g in manifest.graphs.items() if n != "shadow_head"} == dict.fromkeys(
+        ("shadow", "shadow_lm", "backbone"), "int8"
+    )
     assert manifest.source["validation"]["passed"] is True  # the float32 export was validated first
     assert "not kept" in manifest.fidelity["against"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "q"]  # no scratch folder left

@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from ..bundle import (
     BACKBONE_GRAPH,
     BASE_LM_GRAPH,
     MANIFEST_FILE,
     SHADOW_GRAPH,
+    SHADOW_HEAD_GRAPH,
     SHADOW_LM_GRAPH,
     GraphSpec,
     Manifest,
@@ -31,12 +33,13 @@ from ..bundle import (
     modes_of,
 )
 from ..errors import ExportError
+from ..runtimes.escalation import EscalationPolicy
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
 from .staging import staging
 from .validate import DEFAULT_TOLERANCE, validate_bundle
 
-STAGES = ("load", "shadow", "shadow_lm", "backbone", "base_lm", "tokenizer", "validate", "finish")
+STAGES = ("load", "shadow", "shadow_lm", "shadow_head", "backbone", "base_lm", "tokenizer", "validate", "finish")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 PURPOSES = {
@@ -44,6 +47,7 @@ PURPOSES = {
     SHADOW_LM_GRAPH: "detached: the shadow network as a plain decoder with its own head -> logits",
     BACKBONE_GRAPH: "attached: base decoder with injection/update baked in, fed shadow_states -> logits",
     BASE_LM_GRAPH: "base: the base model alone, without the adapter (A/B comparisons, speed baseline)",
+    SHADOW_HEAD_GRAPH: "cascade: the shadow head alone, shadow_states -> logits (detached answers keeping the states)",
 }
 
 
@@ -151,6 +155,8 @@ def _embedding_notes(loaded: LoadedCheckpoint, weights: SharedWeights) -> dict[s
         BACKBONE_GRAPH: f"Gather on the base embedding table in {WEIGHTS_FILE}"
         + ("; the tied lm_head is Gemm(transB=1) on the same stored tensor" if tied else ""),
         BASE_LM_GRAPH: f"the backbone graph's stored tensors in {WEIGHTS_FILE} (no weights of its own)",
+        SHADOW_HEAD_GRAPH: f"no embedding; its Gemm(transB=1) reads the shadow head's table in {WEIGHTS_FILE} "
+        "(the same stored tensor as the tied lm_head when identical)",
     }
 
 
@@ -166,16 +172,20 @@ def export(
     tolerance: float = DEFAULT_TOLERANCE,
     with_base: bool = False,
     mobile: bool = False,
+    escalation: dict[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring."""
+    """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring.
+    escalation: the cascade policy defaults written to the manifest (EscalationPolicy fields)."""
+    policy = EscalationPolicy.from_dict(escalation or {}).to_dict()  # checked before any work
     started = time.perf_counter()
     output = Path(output)
     notify = progress or (lambda stage: None)
     with _quiet_transformers(), staging(output, force) as folder:
         loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
         notify("load")
-        names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, BACKBONE_GRAPH) + ((BASE_LM_GRAPH,) if with_base else ())
+        names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH)
+        names += (BASE_LM_GRAPH,) if with_base else ()
         graph_io, weights = export_graphs(loaded, folder, names, opset=opset, on_graph=notify)
         embedding = _embedding_notes(loaded, weights)
         graphs = {
@@ -231,6 +241,7 @@ def export(
             validation=validation,
             generation=_generation_defaults(loaded, eos_ids),
             tokenizer=tokenizer,
+            escalation=policy,
         )
         manifest.source["weights"] = weights.record(list(graphs))
         if mobile:  # ORT-format graphs and the onnxruntime-genai files (mobile.py)

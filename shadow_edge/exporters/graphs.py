@@ -7,6 +7,7 @@ forward pass with the cache as plain tensors:
     backbone       input_ids, attention_mask, position_ids, shadow_states,
                    num_logits_to_keep, past (base)                        -> logits, present
     base_lm        like shadow_lm, the base model without the adapter (optional)
+    shadow_head    shadow_states                                           -> logits
 attention_mask is [batch, past + seq] (1 = real token); position_ids are [batch, seq].
 KV tensors are [batch, kv_heads, seq, head_dim]. Inject/update act on each position alone, so
 cached decoding is exact (see DESIGN.md).
@@ -178,6 +179,22 @@ def shadow_lm_graph(loaded: Any) -> DecoderGraph:
     peft = loaded.peft
     head = loaded.reference.shadow_lm_head
     return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, head)
+
+
+class ShadowHeadGraph(nn.Module):
+    """The shadow head alone, for schedules that need the shadow states and the detached logits
+    of the same tokens (the cascade hands the prompt's states to the backbone when it escalates).
+    The runtime feeds only the positions it needs logits for."""
+
+    def __init__(self, loaded: Any) -> None:
+        super().__init__()
+        self.head = loaded.reference.shadow_lm_head
+        table = _shadow_embedding(loaded).weight
+        # tied: the head is the embedding table, which the exporter then stores once for all graphs
+        self.tied = self.head.weight.shape == table.shape and bool(torch.equal(self.head.weight, table))
+
+    def forward(self, shadow_states: torch.Tensor) -> torch.Tensor:
+        return _head(shadow_states, self.head.weight)
 
 
 def base_lm_graph(loaded: Any) -> DecoderGraph:

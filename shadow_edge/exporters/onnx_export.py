@@ -23,6 +23,7 @@ from ..bundle import (
     BASE_LM_GRAPH,
     LOGITS_TO_KEEP,
     SHADOW_GRAPH,
+    SHADOW_HEAD_GRAPH,
     SHADOW_LM_GRAPH,
     SHADOW_STATES,
     CacheSpec,
@@ -31,6 +32,7 @@ from ..bundle import (
 from .graphs import (
     GROUPED_ATTENTION,
     BackboneGraph,
+    ShadowHeadGraph,
     attention_implementation,
     base_lm_graph,
     shadow_graph,
@@ -54,6 +56,8 @@ def cache_spec(config) -> CacheSpec:
 
 
 def _io_names(kind: str, cache: CacheSpec) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+    if kind == SHADOW_HEAD_GRAPH:
+        return [SHADOW_STATES], ["logits"], {n: {0: "batch", 1: "sequence"} for n in (SHADOW_STATES, "logits")}
     inputs = ["input_ids", "attention_mask", "position_ids"]
     axes: dict[str, dict[int, str]] = {
         "input_ids": {0: "batch", 1: "sequence"},
@@ -76,6 +80,8 @@ def _io_names(kind: str, cache: CacheSpec) -> tuple[list[str], list[str], dict[s
 
 def _dummy_inputs(kind: str, cache: CacheSpec, hidden_size: int) -> tuple[torch.Tensor, ...]:
     batch, seq, past = 2, 3, 4  # distinct sizes so that tracing cannot confuse dimensions
+    if kind == SHADOW_HEAD_GRAPH:
+        return (torch.randn(batch, seq, hidden_size),)
     args: list[torch.Tensor] = [
         torch.randint(3, 10, (batch, seq)),
         torch.ones(batch, past + seq, dtype=torch.long),
@@ -120,6 +126,19 @@ def tensor_specs(values: list[onnx.ValueInfoProto]) -> list[TensorSpec]:
     return specs
 
 
+def _as_gemm_transposed(node: onnx.NodeProto, table: str) -> None:
+    """MatMul(x, W^T) -> Gemm(x, W, transB=1): reads the [out, in] table W itself."""
+    node.op_type = "Gemm"
+    node.input[1] = table
+    node.attribute.append(onnx.helper.make_attribute("transB", 1))
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input}
+    for tensor in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(tensor)
+
+
 def tie_transposed_heads(model: onnx.ModelProto) -> int:
     """Rewrite MatMul(x, W^T) as Gemm(x, W, transB=1) where W^T is a stored transpose of an
     embedding table (the exporter folds a tied lm_head into a transposed copy of the table).
@@ -139,15 +158,25 @@ def tie_transposed_heads(model: onnx.ModelProto) -> int:
         if table.name not in arrays:
             arrays[table.name] = numpy_helper.to_array(table)
         if np.array_equal(numpy_helper.to_array(weight), arrays[table.name].T):
-            node.op_type = "Gemm"
-            node.input[1] = table.name
-            node.attribute.append(onnx.helper.make_attribute("transB", 1))
+            _as_gemm_transposed(node, table.name)
             tied += 1
-    used = {name for node in graph.node for name in node.input}
-    unused = [t for t in graph.initializer if t.name not in used]
-    for tensor in unused:
-        graph.initializer.remove(tensor)
+    _drop_unused_initializers(graph)
     return tied
+
+
+def untranspose_head(model: onnx.ModelProto) -> None:
+    """A tied shadow_head graph has no Gather to tie to: store its [in, out] MatMul weight back in
+    the [vocab, hidden] layout of the embedding table, so the shared weights file keeps one copy."""
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        weight = by_name.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2:
+            continue
+        table = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), weight.name + ".table")
+        graph.initializer.append(table)
+        _as_gemm_transposed(node, table.name)
+    _drop_unused_initializers(graph)
 
 
 GRAPH_MODULES = {
@@ -155,6 +184,7 @@ GRAPH_MODULES = {
     SHADOW_LM_GRAPH: shadow_lm_graph,
     BACKBONE_GRAPH: BackboneGraph,
     BASE_LM_GRAPH: base_lm_graph,
+    SHADOW_HEAD_GRAPH: ShadowHeadGraph,
 }
 
 
@@ -172,9 +202,13 @@ def export_graphs(
     for kind in names:
         cache = base_cache if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else shadow_cache
         configs = [loaded.base_model.config, loaded.peft.shadow_model.config]
+        module = GRAPH_MODULES[kind](loaded)
         with attention_implementation(configs, GROUPED_ATTENTION):
-            model = trace_graph(GRAPH_MODULES[kind](loaded), kind, cache, hidden, opset)
-        tie_transposed_heads(model)
+            model = trace_graph(module, kind, cache, hidden, opset)
+        if kind != SHADOW_HEAD_GRAPH:
+            tie_transposed_heads(model)
+        elif module.tied:  # else its MatMul weight is stored like shadow_lm's, and shared with it
+            untranspose_head(model)
         weights.externalize(kind, model)
         file = f"{kind}.onnx"
         onnx.save_model(model, folder / file)

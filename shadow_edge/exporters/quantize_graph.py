@@ -195,4 +195,5 @@ def quantize_model(model: onnx.ModelProto, settings: QuantizeSettings) -> tuple[
     with _quiet():
         quantized = _dynamic(model, names) if settings.to == "int8-dynamic" else _nbits(model, names, settings)
     ops = Counter(node.op_type for node in quantized.graph.node)
-    return quantized, GraphQuantization(settings.to, ops[_QUANTIZED_OPS[settings.to]], excluded)
+    count = ops[_QUANTIZED_OPS[settings.to]]
+    return quantized, GraphQuantization(settings.to if count else "float32", count, excluded)  # a lone head: none

@@ -7,6 +7,8 @@ base = base_lm graph against a fresh copy of the base model when the bundle has 
                        reference run on that row alone, unpadded
   greedy               greedy tokens from ORT (cached decoding) vs. the reference recomputing the
                        whole sequence each step
+The shadow_head graph (the cascade's detached answers) is fed the shadow graph's states of the
+prefill and compared with the reference's detached logits.
 Figures: max |logit difference| over all compared positions, argmax agreement, greedy matches.
 A graph fails when its max difference exceeds the tolerance (DEFAULT_TOLERANCE, absolute, fp32).
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bundle import SHADOW_GRAPH, GraphSpec, ModelSpec, cache_for, modes_of
+from ..bundle import SHADOW_GRAPH, SHADOW_HEAD_GRAPH, GraphSpec, ModelSpec, cache_for, modes_of
 from ..runtimes.engine import Engine, left_pad
 from ..runtimes.sessions import GraphRunner, session_options
 from .checkpoint import load_base_model
@@ -40,6 +42,7 @@ class _Engines:
         self.modes = modes_of(graphs)
         self.engines = {mode: Engine(mode, runners, model) for mode in self.modes}
         self.shadow = runners[SHADOW_GRAPH]
+        self.head = runners.get(SHADOW_HEAD_GRAPH)
 
 
 class _Reference:
@@ -94,6 +97,8 @@ def _prefill_then_decode(runs: _Engines, ref: _Reference, tokens: np.ndarray, ta
     length = len(tokens)
     states = runs.shadow.step(runs.shadow.new_cache(1), tokens[None], np.ones((1, length)), np.arange(length)[None])
     tallies["shadow_states"].add(states[0], want["states"])
+    if runs.head is not None:
+        tallies[SHADOW_HEAD_GRAPH].add(runs.head.head(states)[0], want["detached"])
 
 
 def _batch_left_padding(runs: _Engines, ref: _Reference, rows: list[np.ndarray], pad_id: int, tallies) -> None:
@@ -154,7 +159,8 @@ def validate_bundle(
     pad_id = loaded.base_model.config.pad_token_id
     pad_id = int(pad_id) if pad_id is not None else 0
 
-    tallies = {mode: _Tally() for mode in runs.modes} | {"shadow_states": _Tally()}
+    checked = [*runs.modes, *([SHADOW_HEAD_GRAPH] if runs.head is not None else [])]
+    tallies = {name: _Tally() for name in checked} | {"shadow_states": _Tally()}
     _prefill_then_decode(runs, ref, tokens, tallies)
     _batch_left_padding(runs, ref, rows, pad_id, tallies)
     greedy = _greedy(runs, ref, tokens[:6])
@@ -164,9 +170,9 @@ def validate_bundle(
     report["tolerance"] = tolerance
     report["scenarios"] = ["prefill_then_decode", "batch2_left_padding", "greedy"]
     failures = [
-        f"{mode}: max |logit diff| {report[mode]['max_abs_diff']:.2e} > {tolerance:.0e}"
-        for mode in runs.modes
-        if not report[mode]["max_abs_diff"] <= tolerance  # NaN fails too
+        f"{name}: max |logit diff| {report[name]['max_abs_diff']:.2e} > {tolerance:.0e}"
+        for name in checked
+        if not report[name]["max_abs_diff"] <= tolerance  # NaN fails too
     ]
     failures += [
         f"{mode}: greedy tokens differ from the reference at token {g['matched_prefix']}"

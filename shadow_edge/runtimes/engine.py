@@ -52,6 +52,12 @@ class Sequences:
     def length(self) -> int:
         return int(self.mask.shape[1])
 
+    def advance(self, input_ids: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """Extend the mask by the new tokens (mask: which are real, default all); their position ids."""
+        new_mask = np.ones(input_ids.shape, dtype=np.int64) if mask is None else mask.astype(np.int64)
+        self.mask = np.concatenate([self.mask, new_mask], axis=1)
+        return position_ids(self.mask)[:, -input_ids.shape[1] :]
+
 
 class Engine:
     def __init__(self, mode: str, runners: dict[str, GraphRunner], model: ModelSpec) -> None:
@@ -67,17 +73,24 @@ class Engine:
         return Sequences(caches=caches, mask=np.zeros((batch, 0), dtype=np.int64))
 
     def forward(
-        self, seqs: Sequences, input_ids: np.ndarray, mask: np.ndarray | None = None, keep: int = 1
+        self,
+        seqs: Sequences,
+        input_ids: np.ndarray,
+        mask: np.ndarray | None = None,
+        keep: int = 1,
+        shadow_states: np.ndarray | None = None,
     ) -> np.ndarray:
         """Logits [batch, keep (all new positions if 0), vocab] of the new tokens [batch, seq];
-        mask marks which new tokens are real (default: all). Advances seqs."""
-        new_mask = np.ones(input_ids.shape, dtype=np.int64) if mask is None else mask.astype(np.int64)
-        seqs.mask = np.concatenate([seqs.mask, new_mask], axis=1)
-        positions = position_ids(seqs.mask)[:, -input_ids.shape[1] :]
+        mask marks which new tokens are real (default: all). Advances seqs.
+        shadow_states (attached mode): the shadow graph's output for these tokens, computed
+        already (the cascade's detached answer), whose keys/values seqs' shadow cache holds."""
+        positions = seqs.advance(input_ids, mask)
         if self.mode != "attached":  # a plain decoder graph
             (name,) = MODE_GRAPHS[self.mode]
             return self.runners[name].step(seqs.caches[name], input_ids, seqs.mask, positions, logits_to_keep=keep)
-        states = self.runners[SHADOW_GRAPH].step(seqs.caches[SHADOW_GRAPH], input_ids, seqs.mask, positions)
+        states = shadow_states
+        if states is None:
+            states = self.runners[SHADOW_GRAPH].step(seqs.caches[SHADOW_GRAPH], input_ids, seqs.mask, positions)
         backbone = self.runners[BACKBONE_GRAPH]
         return backbone.step(
             seqs.caches[BACKBONE_GRAPH], input_ids, seqs.mask, positions, shadow_states=states, logits_to_keep=keep

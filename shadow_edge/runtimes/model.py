@@ -30,6 +30,7 @@ from ..bundle import (
     BASE_LM_GRAPH,
     MODE_GRAPHS,
     SHADOW_GRAPH,
+    SHADOW_HEAD_GRAPH,
     SHADOW_LM_GRAPH,
     Manifest,
     cache_for,
@@ -63,7 +64,14 @@ VERIFY = ("hash", "size")
 # that runs right after it: on 2 cores this halved attached decoding (SmolLM2, 2 threads: 19-21
 # tok/s with spinning everywhere, 28-34 tok/s with the shadow's pool sleeping; the base model
 # alone: 37). The small shadow graph loses nothing measurable by waking its threads from sleep.
-SPIN = {SHADOW_GRAPH: False, BACKBONE_GRAPH: True, SHADOW_LM_GRAPH: True, BASE_LM_GRAPH: True}
+# The cascade's shadow head runs between two shadow steps, the same situation.
+SPIN = {
+    SHADOW_GRAPH: False,
+    BACKBONE_GRAPH: True,
+    SHADOW_LM_GRAPH: True,
+    BASE_LM_GRAPH: True,
+    SHADOW_HEAD_GRAPH: False,
+}
 
 
 def load(
@@ -81,28 +89,45 @@ def load(
     prepack: repack weights per session (faster; False holds less memory, see above)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if verify not in VERIFY:
-        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
     root = Path(bundle)
     manifest = read_manifest(root)
     if mode not in manifest.modes:
         raise BundleError(f"this bundle does not support {mode} mode (it supports: {', '.join(manifest.modes)})")
-    missing = [g for g in MODE_GRAPHS[mode] if g not in manifest.graphs]
+    runners = open_graphs(root, manifest, MODE_GRAPHS[mode], threads, verify, prepack, purpose=f"{mode} mode")
+    tokenizer = Tokenizer.from_bundle(root, manifest)
+    return ShadowEdgeModel(root, manifest, Engine(mode, runners, manifest.model), tokenizer)
+
+
+def open_graphs(
+    root: Path,
+    manifest: Manifest,
+    names: Sequence[str],
+    threads: int | None,
+    verify: str,
+    prepack: bool,
+    purpose: str,
+) -> dict[str, GraphRunner]:
+    """Check the files of the named graphs (and the tokenizer), then open a session for each."""
+    if verify not in VERIFY:
+        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    missing = [g for g in names if g not in manifest.graphs]
     if missing:
-        raise BundleError(f"the manifest has no {', '.join(missing)} graph, which {mode} mode needs")
-    needed = [f for g in MODE_GRAPHS[mode] for f in graph_files(manifest, g)]
+        raise BundleError(
+            f"the manifest has no {', '.join(missing)} graph, which {purpose} needs",
+            hint="re-export the checkpoint with this version of shadow-edge",
+        )
+    needed = [f for g in names for f in graph_files(manifest, g)]
     if manifest.tokenizer.get("file"):
         needed.append(manifest.tokenizer["file"])
     verify_files(root, manifest, list(dict.fromkeys(needed)), hashes=verify == "hash")
     runners = {}
-    for name in MODE_GRAPHS[mode]:
+    for name in names:
         spec = manifest.graphs[name]
         options = session_options(threads, prepack=prepack, spin=SPIN[name])
         runners[name] = GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
-    tokenizer = Tokenizer.from_bundle(root, manifest)
-    return ShadowEdgeModel(root, manifest, Engine(mode, runners, manifest.model), tokenizer)
+    return runners
 
 
 class ShadowEdgeModel:
@@ -183,6 +208,10 @@ class ShadowEdgeModel:
     def stream(self, prompt: str | Sequence[int], **settings) -> Iterator[Response]:
         """One Response per generated token; the last has finish_reason set."""
         return self.stream_batch([prompt], **settings)
+
+    def stream_chat(self, messages: Sequence[Message], **settings) -> Iterator[Response]:
+        """stream() for a conversation rendered with the bundle's chat template."""
+        return self.stream(self.encode_chat(messages), **settings)
 
     def generate_batch(self, prompts: Sequence[str | Sequence[int]], **settings) -> list[GenerationResult]:
         if isinstance(prompts, str) or not len(prompts):

@@ -74,3 +74,7 @@ class GraphRunner:
         outputs = self.session.run(self.output_names, feeds)
         cache.update(outputs[1:])
         return outputs[0]
+
+    def head(self, shadow_states: np.ndarray) -> np.ndarray:
+        """A cacheless head graph (shadow_head): logits [batch, seq, vocab] of the states given."""
+        return self.session.run(self.output_names, {SHADOW_STATES: np.ascontiguousarray(shadow_states)})[0]
