@@ -192,3 +192,49 @@ def test_bundle_without_head_is_refused_with_a_hint(tiny_text_export, tmp_path):
     with pytest.raises(BundleError, match="shadow_head") as error:
         load_cascade(bundle)
     assert "re-export" in error.value.hint
+
+
+def test_a_quantized_bundle_keeps_the_policy_and_cascades(tiny_text_export, tmp_path):
+    from shadow_edge.exporters.quantize import quantize_bundle
+
+    out = quantize_bundle(tiny_text_export.bundle, tmp_path / "q", "int8", check=False).output
+    manifest = shadow_edge.load(out, mode="detached").manifest
+    assert manifest.escalation == EscalationPolicy().to_dict()
+    want = shadow_edge.load(out, mode="attached").generate("the cat", **GREEDY).token_ids
+    assert load_cascade(out, confidence_threshold=1.5).generate("the cat", **GREEDY).token_ids == want
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+
+def test_cli_run_cascade_json_and_errors(tiny_text_export):
+    from test_runtime_cli import assert_one_line_error, run
+
+    bundle = tiny_text_export.bundle
+    code, stdout, stderr = run(bundle, "--prompt", "the cat", "--cascade", "--confidence-threshold", "1.5", "--json")
+    report = json.loads(stdout)
+    want = shadow_edge.load(bundle).generate("the cat")
+    assert code == 0 and report["token_ids"] == want.token_ids and report["text"] == want.text
+    assert (report["mode"], report["escalated"], report["served_by"]) == ("cascade", True, "attached")
+    assert report["reason"].startswith("confidence") and report["latency_s"] >= report["shadow_s"] > 0
+    code, stdout, stderr = run(bundle, "--prompt", "the cat", "--cascade", "--escalation-marker", "", "--greedy")
+    assert code == 0 and stdout[:-1] == shadow_edge.load(bundle, mode="detached").generate("the cat").text
+    assert "served by shadow" in stderr
+    assert_one_line_error([bundle, "--prompt", "a", "--remote", "http://127.0.0.1:9"], "need --cascade")
+    assert_one_line_error([bundle, "--prompt", "a", "--cascade", "--detached"], "choose one")
+    assert_one_line_error(
+        [bundle, "--prompt", "a", "--cascade", "--remote", "http://127.0.0.1:9", "--confidence-threshold", "2"],
+        "cannot reach the remote http://127.0.0.1:9",
+    )
+
+
+def test_cli_export_writes_the_policy(tiny_exports, tmp_path):
+    from typer.testing import CliRunner
+
+    from shadow_edge.cli import app
+
+    args = ["export", str(tiny_exports["llama"].checkpoint), str(tmp_path / "b"), "--no-validate"]
+    result = CliRunner().invoke(app, [*args, "--escalation-marker", "<ask>", "--confidence-threshold", "0.25"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["escalation"] == EscalationPolicy(marker="<ask>", confidence_threshold=0.25).to_dict()

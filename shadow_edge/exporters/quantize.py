@@ -173,6 +173,7 @@ def quantize_bundle(
             },
             generation=source.generation,
             tokenizer=source.tokenizer,
+            escalation=source.escalation,
         )
         if mobile:
             from .mobile import package_mobile
