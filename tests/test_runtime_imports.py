@@ -1,4 +1,5 @@
-"""The runtime, the bundle schema and `shadow-edge run` import neither torch nor transformers."""
+"""The runtime, the bundle schema, `shadow-edge run` and the server of `shadow-edge serve` import neither
+torch nor transformers."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ out = {}
 for mode in ("attached", "detached"):
     out[mode] = shadow_edge.load(bundle, mode=mode).generate([1, 2, 3], max_new_tokens=4).token_ids
 out["text"] = shadow_edge.load(text_bundle).chat([{"role": "user", "content": "hi"}], max_new_tokens=4).text
+from shadow_edge.runtimes.server import make_server
+make_server(shadow_edge.load(text_bundle, mode="detached"), port=0)  # the app for `serve`, not started
 for args in (["run", bundle, "--prompt-ids", "1,2", "--max-new-tokens", "3", "--json"],
              ["run", text_bundle, "--prompt", "the cat", "--detached", "--max-new-tokens", "3"]):
     try:
@@ -39,7 +42,7 @@ print("RESULT" + json.dumps(out))
 """
 
 
-def test_runtime_load_generate_and_run_import_neither_torch_nor_transformers(tiny_exports, tiny_text_export):
+def test_runtime_load_generate_run_and_serve_import_neither_torch_nor_transformers(tiny_exports, tiny_text_export):
     python = os.environ.get("SHADOW_EDGE_RUNTIME_PYTHON", sys.executable)
     bundle, text_bundle = str(tiny_exports["llama"].bundle), str(tiny_text_export.bundle)
     proc = subprocess.run(
