@@ -368,6 +368,35 @@ def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
         messages.append({"role": "assistant", "content": answer})
 
 
+@app.command()
+@friendly_errors
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    mode: Annotated[str, typer.Option(help="attached, detached or base")] = "attached",
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
+) -> None:
+    """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    from .runtimes.model import MODES, load
+
+    try:
+        from .runtimes.server import serve as run_server
+    except ImportError as exc:
+        fail(f"{exc.name or exc} is not installed", 'install the serve extra: pip install "shadow-edge[serve]"')
+    if mode not in MODES:
+        fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    model = load(bundle, mode=mode, threads=threads)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    line = f"serving {escape(str(bundle))} ({model.mode}) at {url}/v1 (Ctrl-C stops)"
+    console.print(line, highlight=False, soft_wrap=True)
+    console.file.flush()  # before the server blocks: a pipe or a log file gets the line now
+    limits = dict(max_tokens_limit=max_tokens_limit, max_concurrent=max_concurrent)
+    run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits)
+
+
 # ---- quantize and eval ------------------------------------------------------------------------
 
 
