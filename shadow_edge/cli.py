@@ -501,16 +501,27 @@ def quantize(
 @friendly_errors
 def eval_(
     bundle: Annotated[Path, typer.Argument(help="bundle folder to evaluate")],
-    against: Annotated[Path, typer.Option(help="reference bundle (e.g. the float32 source)")],
+    against: Annotated[Path | None, typer.Option(help="reference bundle (e.g. the float32 source)")] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="reference checkpoint, run in PyTorch (needs the export extra)")
+    ] = None,
+    base: Annotated[Path | None, typer.Option(help="--reference's base model (default: CKPT/base)")] = None,
     text: Annotated[Path | None, typer.Option(help="text file (default: built-in English text)")] = None,
     mode: Annotated[list[str] | None, typer.Option(help="evaluate this mode only (repeatable)")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime intra-op threads")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime (and torch) threads")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
 ) -> None:
-    """Fidelity of BUNDLE against another bundle: top-1 agreement, KL, perplexity, greedy agreement."""
+    """Fidelity of BUNDLE against another bundle or its PyTorch checkpoint: top-1 agreement, KL,
+    perplexity, greedy agreement, per mode."""
     from .exporters.evaluate import evaluate
 
-    report = evaluate(bundle, against, text=_read_text(text), modes=mode, threads=threads)
+    if (against is None) == (reference is None):
+        fail("give one of --against BUNDLE or --reference CHECKPOINT")
+    if base is not None and reference is None:
+        fail("--base goes with --reference (the checkpoint's base model)")
+    report = evaluate(
+        bundle, against, text=_read_text(text), modes=mode, threads=threads, reference=reference, base=base
+    )
     if as_json:
         print(json.dumps(report))
         return

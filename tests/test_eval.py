@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 
 import pytest
 from test_export import run_cli
@@ -77,3 +78,67 @@ def test_smollm2_eval_reproduces_the_figures_quantize_stored(smollm2_export, smo
     for mode, figures in report["modes"].items():
         assert figures["top1_agreement"] == stored["modes"][mode]["top1_agreement"]
         assert figures["mean_kl"] == pytest.approx(stored["modes"][mode]["mean_kl"], rel=1e-6)
+
+
+# ---- against the PyTorch reference (--reference CKPT) ---------------------------------------------
+
+
+def test_a_float32_bundle_agrees_with_its_checkpoint(tiny_exports):
+    exported = tiny_exports["qwen3"]
+    report = evaluate(exported.bundle, reference=exported.checkpoint, threads=1)
+    assert report["against"].startswith("PyTorch reference") and list(report["modes"]) == ["attached", "detached"]
+    for figures in report["modes"].values():
+        assert figures["top1_agreement"] == 1.0 and figures["greedy_agreement"] == 1.0
+        assert abs(figures["mean_kl"]) < 1e-6
+        assert figures["perplexity"] == pytest.approx(figures["reference_perplexity"], rel=1e-4)
+
+
+def test_base_mode_is_compared_with_a_fresh_base_model(tiny_exports, tmp_path):
+    import shadow_edge
+
+    exported = tiny_exports["llama"]
+    bundle = shadow_edge.export(exported.checkpoint, tmp_path / "b", with_base=True).output
+    code, output = run_cli("eval", bundle, "--reference", exported.checkpoint, "--base", exported.base, "--json")
+    assert code == 0, output
+    modes = json.loads(output)["modes"]
+    assert list(modes) == ["attached", "detached", "base"]
+    assert modes["base"]["top1_agreement"] == 1.0 and modes["base"]["mean_kl"] < 1e-6
+
+
+def test_int8_against_the_checkpoint_gives_the_figures_it_gives_against_the_float32_bundle(tiny_exports, tmp_path):
+    from shadow_edge.exporters.quantize import quantize_bundle
+
+    exported = tiny_exports["qwen2"]
+    quantized = quantize_bundle(exported.bundle, tmp_path / "q", "int8", check=False).output
+    by_bundle = evaluate(quantized, against=exported.bundle)["modes"]
+    by_reference = evaluate(quantized, reference=exported.checkpoint)["modes"]
+    for mode, figures in by_reference.items():
+        # the float32 bundle is the checkpoint to ~1e-6 in logits: the same figures, up to float noise
+        assert figures["top1_agreement"] == pytest.approx(by_bundle[mode]["top1_agreement"], abs=1 / 128)
+        assert figures["mean_kl"] == pytest.approx(by_bundle[mode]["mean_kl"], rel=1e-2, abs=1e-6)
+        assert figures["greedy_token_agreement"] == pytest.approx(by_bundle[mode]["greedy_token_agreement"], abs=0.05)
+
+
+@pytest.mark.parametrize("case", ["other checkpoint", "both references", "no reference", "base alone"])
+def test_reference_errors_are_one_line(tiny_exports, tmp_path, case):
+    from models import write_checkpoint
+
+    exported = tiny_exports["llama"]
+    if case == "other checkpoint":  # the same base, but a 1-layer shadow where the bundle has 2
+        other = write_checkpoint(tmp_path / "ckpt", exported.base, num_shadow_layers=1)
+        args, expected = ["--reference", other, "--base", exported.base], "the checkpoint does not match the bundle"
+    else:
+        args, expected = {
+            "both references": (["--reference", exported.checkpoint, "--against", exported.bundle], "give one of"),
+            "no reference": ([], "give one of --against BUNDLE or --reference CHECKPOINT"),
+            "base alone": (["--against", exported.bundle, "--base", exported.base], "--base goes with --reference"),
+        }[case]
+    code, output = run_cli("eval", exported.bundle, *args)
+    assert code == 1 and expected in output and output.count("error:") == 1, output
+
+
+def test_without_torch_the_reference_names_the_export_extra(tiny_exports, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails as when it is not installed
+    exported = tiny_exports["llama"]
+    code, output = run_cli("eval", exported.bundle, "--reference", exported.checkpoint)
+    assert code == 1 and "torch is not installed" in output and "shadow-edge[export]" in output

@@ -1,7 +1,8 @@
-"""Fidelity of a bundle against another one (a quantized bundle against its float32 source).
+"""Fidelity of a bundle against another one (a quantized bundle against its float32 source), or
+against the PyTorch model of the checkpoint it was exported from (eval_reference.py, needs torch).
 
-Torch-free: both bundles run in onnxruntime through the runtime's Engine. For every mode both
-bundles support, on one token sequence (the built-in English text of eval_text.py or a given text,
+Bundles run in onnxruntime through the runtime's Engine (torch-free). For every mode both sides
+support, on one token sequence (the built-in English text of eval_text.py or a given text,
 through the bundle's tokenizer; seeded random ids when the bundle has no tokenizer):
     top1_agreement       share of positions whose most likely next token is the same
     mean_kl              mean KL(reference || bundle) of the next-token distributions, in nats
@@ -13,7 +14,9 @@ FLOORS states what a usable quantized bundle reaches; below_floor() names what f
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +25,9 @@ from ..errors import BundleError
 from ..runtimes.engine import Engine
 from ..runtimes.sessions import GraphRunner, session_options
 from .eval_text import EVAL_TEXT
+
+if TYPE_CHECKING:
+    from .eval_reference import ReferenceEngine
 
 MAX_TOKENS = 512
 GREEDY_PROMPTS = 8
@@ -77,7 +83,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def _greedy(engine: Engine, prompts: np.ndarray, steps: int) -> np.ndarray:
+def _greedy(engine: Engine | ReferenceEngine, prompts: np.ndarray, steps: int) -> np.ndarray:
     """[prompts, steps] greedy tokens, all prompts decoded as one batch."""
     seqs = engine.start(prompts.shape[0])
     logits = engine.forward(seqs, prompts, keep=1)
@@ -88,7 +94,7 @@ def _greedy(engine: Engine, prompts: np.ndarray, steps: int) -> np.ndarray:
     return np.stack(tokens, axis=1)
 
 
-def compare_mode(test: Engine, reference: Engine, ids: np.ndarray) -> dict:
+def compare_mode(test: Engine, reference: Engine | ReferenceEngine, ids: np.ndarray) -> dict:
     """The figures of one mode (see the module docstring)."""
     got = _log_softmax(test.forward(test.start(1), ids[None], keep=0)[0].astype(np.float64))
     want = _log_softmax(reference.forward(reference.start(1), ids[None], keep=0)[0].astype(np.float64))
@@ -114,33 +120,55 @@ def compare_mode(test: Engine, reference: Engine, ids: np.ndarray) -> dict:
     }
 
 
-def evaluate(
-    bundle: str | Path,
-    against: str | Path,
-    text: str | None = None,
-    modes: list[str] | None = None,
-    threads: int | None = None,
-) -> dict:
-    """Fidelity of `bundle` against the bundle `against`, per mode; see the module docstring."""
-    root, ref_root = Path(bundle), Path(against)
-    manifest, ref = read_manifest(root), read_manifest(ref_root)
-    verify_files(root, manifest, hashes=False)
+def _bundle_reference(
+    ref_root: Path, manifest: Manifest, threads: int | None
+) -> tuple[str, list[str], Callable[[str], Engine]]:
+    """(a label, its modes, mode -> Engine) for a reference bundle."""
+    ref = read_manifest(ref_root)
     verify_files(ref_root, ref, hashes=False)
     if manifest.model.vocab_size != ref.model.vocab_size:
         raise BundleError(
             f"the bundles have different vocabularies ({manifest.model.vocab_size} vs {ref.model.vocab_size})",
             hint="compare a bundle with the bundle it was quantized from",
         )
-    common = [m for m in manifest.modes if m in ref.modes]
+    return str(ref_root), ref.modes, lambda mode: open_engine(ref_root, ref, mode, threads)
+
+
+def evaluate(
+    bundle: str | Path,
+    against: str | Path | None = None,
+    text: str | None = None,
+    modes: list[str] | None = None,
+    threads: int | None = None,
+    *,
+    reference: str | Path | None = None,
+    base: str | Path | None = None,
+) -> dict:
+    """Fidelity of `bundle` per mode (see the module docstring) against the bundle `against`, or
+    against the PyTorch model of the checkpoint `reference` (its base model from `base` or
+    CKPT/base; needs torch: eval_reference.py)."""
+    root = Path(bundle)
+    manifest = read_manifest(root)
+    verify_files(root, manifest, hashes=False)
+    if (against is None) == (reference is None):
+        raise BundleError("give one reference: another bundle (against) or a checkpoint (reference), not both")
+    if against is not None:
+        label, available, open_reference = _bundle_reference(Path(against), manifest, threads)
+        where = "both bundles"
+    else:
+        from .eval_reference import checkpoint_reference
+
+        label, available, open_reference = checkpoint_reference(reference, base, manifest, threads)
+        where = "both the bundle and the checkpoint"
+    common = [m for m in manifest.modes if m in available]
     chosen = common if modes is None else modes
     unknown = [m for m in chosen if m not in common]
     if unknown or not chosen:
-        raise BundleError(f"mode {', '.join(unknown) or '(none)'} is not in both bundles (common: {common})")
+        raise BundleError(f"mode {', '.join(unknown) or '(none)'} is not in {where} (common: {common})")
     ids, source = eval_tokens(root, manifest, text)
-    report: dict = {"against": str(ref_root), "text": source, "tokens": int(len(ids)), "modes": {}}
+    report: dict = {"against": label, "text": source, "tokens": int(len(ids)), "modes": {}}
     for mode in chosen:
-        test, reference = open_engine(root, manifest, mode, threads), open_engine(ref_root, ref, mode, threads)
-        report["modes"][mode] = compare_mode(test, reference, ids)
+        report["modes"][mode] = compare_mode(open_engine(root, manifest, mode, threads), open_reference(mode), ids)
     return report
 
 
