@@ -1,5 +1,5 @@
 """The cascade: escalation policy rules, and the schedule on a tiny bundle against attached and
-detached generation (the remote path is in test_serve_cascade.py, with a real server)."""
+detached generation (the remote path is in test_cascade_remote.py, with a real server)."""
 
 from __future__ import annotations
 
