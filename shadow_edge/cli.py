@@ -374,7 +374,8 @@ def serve(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-    mode: Annotated[str, typer.Option(help="attached, detached or base")] = "attached",
+    mode: Annotated[str, typer.Option(help="attached, detached, base or cascade")] = "attached",
+    remote: Annotated[str | None, typer.Option(help="--mode cascade: server to escalate to")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
     max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
@@ -386,9 +387,16 @@ def serve(
         from .runtimes.server import serve as run_server
     except ImportError as exc:
         fail(f"{exc.name or exc} is not installed", 'install the serve extra: pip install "shadow-edge[serve]"')
-    if mode not in MODES:
-        fail(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-    model = load(bundle, mode=mode, threads=threads)
+    if mode not in (*MODES, "cascade"):
+        fail(f"--mode must be one of {', '.join(MODES)} or cascade, got {mode!r}")
+    if remote is not None and mode != "cascade":
+        fail("--remote needs --mode cascade")
+    if mode == "cascade":  # a device-side server: the shadow answers, escalating per the bundle's policy
+        from .runtimes.cascade import load_cascade
+
+        model = load_cascade(bundle, remote=remote, threads=threads)
+    else:
+        model = load(bundle, mode=mode, threads=threads)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     line = f"serving {escape(str(bundle))} ({model.mode}) at {url}/v1 (Ctrl-C stops)"
     console.print(line, highlight=False, soft_wrap=True)

@@ -57,3 +57,14 @@ def test_remote_failures_are_one_line_errors(tiny_text_export, remote_url):
         refusing.generate("the cat", max_new_tokens=64)  # over the server's limit of 32
     with pytest.raises(RemoteError, match="http"):
         shadow_edge.load_cascade(tiny_text_export.bundle, remote="ftp://example")
+
+
+def test_serve_remote_needs_cascade_mode(tiny_text_export):
+    from typer.testing import CliRunner
+
+    from shadow_edge.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(tiny_text_export.bundle), "--remote", "http://127.0.0.1:9"])
+    assert result.exit_code == 1 and result.stderr.startswith("error: --remote needs --mode cascade")
+    result = CliRunner().invoke(app, ["serve", str(tiny_text_export.bundle), "--mode", "speculative"])
+    assert result.exit_code == 1 and "or cascade" in result.stderr and "Traceback" not in result.output
