@@ -447,10 +447,15 @@ def quantize(
     output: Annotated[Path, typer.Argument(help="bundle folder to write")],
     to: Annotated[str, typer.Option(help="int8 or int4 (MatMulNBits), or int8-dynamic (quantize_dynamic)")] = "int4",
     block_size: Annotated[int, typer.Option(help="MatMulNBits block size along K (16..256, power of 2)")] = 32,
-    quantize_head: Annotated[bool, typer.Option("--quantize-head", help="also quantize the lm_head(s)")] = False,
+    quantize_head: Annotated[
+        str | None, typer.Option(help="also quantize the lm_head(s): int8 or int4 (default: kept float32)")
+    ] = None,
     accuracy_level: Annotated[
         int | None, typer.Option(help="MatMulNBits compute: 0 (int8 default, exact) .. 4 (int4 default, fast)")
     ] = None,
+    grid: Annotated[
+        bool, typer.Option("--grid/--no-grid", help="keep weights that lie on a block grid (GGUF) exactly")
+    ] = True,
     only: Annotated[list[str] | None, typer.Option(help="keep only this mode (repeatable), e.g. detached")] = None,
     graph: Annotated[list[str] | None, typer.Option(help="quantize only this graph (repeatable)")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
@@ -474,8 +479,9 @@ def quantize(
             output,
             to,
             block_size=block_size,
-            quantize_head=quantize_head,
+            quantize_head=quantize_head or False,
             accuracy_level=accuracy_level,
+            grid=grid,
             graphs=graph,
             modes=only,
             force=force,

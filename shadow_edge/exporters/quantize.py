@@ -59,6 +59,8 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
         raise QuantizeError(f"cannot quantize to {settings.to!r}: choose one of {', '.join(PRECISIONS)}")
     if settings.to != "int8-dynamic" and settings.block_size not in BLOCK_SIZES:
         raise QuantizeError(f"block size {settings.block_size} is not supported: choose one of {BLOCK_SIZES}")
+    if settings.to != "int8-dynamic" and settings.head not in (None, "int8", "int4"):
+        raise QuantizeError(f"cannot quantize the head to {settings.head!r}: choose int8 or int4")
     if settings.accuracy not in (None, *ACCURACY_LEVELS):
         raise QuantizeError(f"accuracy level {settings.accuracy} is not one of {ACCURACY_LEVELS}")
     for mode in modes or ():
@@ -105,8 +107,9 @@ def quantize_bundle(
     *,
     block_size: int = 32,
     symmetric: bool = True,
-    quantize_head: bool = False,
+    quantize_head: bool | str = False,
     accuracy_level: int | None = None,
+    grid: bool = True,
     graphs: Sequence[str] | None = None,
     modes: Sequence[str] | None = None,
     force: bool = False,
@@ -121,7 +124,9 @@ def quantize_bundle(
     """Write a quantized copy of `bundle` to `output`.
 
     to: "int8" or "int4" (MatMulNBits: block_size, symmetric) or "int8-dynamic" (quantize_dynamic).
-    quantize_head: also the lm_head / shadow head (kept float32 by default). accuracy_level:
+    quantize_head: also the lm_head / shadow head (kept float32 by default): True at `to`, or
+    "int8" / "int4". grid: weights that lie on a block grid (a GGUF base) are stored on it exactly
+    (quantize_grid.py); False rounds them like any other. accuracy_level:
     MatMulNBits compute (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
     quantize (default all; the others are copied float32). modes: the modes the output keeps
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
@@ -132,7 +137,7 @@ def quantize_bundle(
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
     source = read_manifest(source_root)
-    settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level)
+    settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level, grid)
     keep, chosen = _check(source, settings, graphs, modes)
     verify_files(source_root, source)
     warnings: list[str] = []

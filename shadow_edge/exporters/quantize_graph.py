@@ -36,6 +36,8 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
+from .quantize_grid import GridReport, quantize_on_grid
+
 PRECISIONS = ("int8", "int4", "int8-dynamic")
 LOGITS = "logits"
 # ops between the head's MatMul and the `logits` output that only move data around
@@ -43,6 +45,7 @@ _PASS_THROUGH = {"Reshape", "Slice", "Squeeze", "Unsqueeze", "Identity", "Cast",
 _QUANTIZED_OPS = {"int8": "MatMulNBits", "int4": "MatMulNBits", "int8-dynamic": "MatMulInteger"}
 _BITS = {"int8": 8, "int4": 4}
 _ACCURACY_LEVEL = {"int8": 0, "int4": 4}  # measured: see the module docstring
+GRID_SHARE = 0.5  # a MatMul is stored on its grid when this share of its blocks lie on one
 
 
 @dataclass
@@ -50,22 +53,31 @@ class QuantizeSettings:
     to: str
     block_size: int = 32
     symmetric: bool = True
-    quantize_head: bool = False
+    quantize_head: bool | str = False  # True: at `to`; "int8" / "int4": at that precision
     accuracy: int | None = None  # MatMulNBits accuracy_level; None: the precision's default
+    grid: bool = True  # weights on a block grid (GGUF origin) keep it exactly: quantize_grid.py
 
     @property
     def accuracy_level(self) -> int:
         return _ACCURACY_LEVEL.get(self.to, 0) if self.accuracy is None else self.accuracy
 
+    @property
+    def head(self) -> str | None:
+        """The heads' precision, None for float32."""
+        if self.quantize_head in (False, None, "none", "float32"):
+            return None
+        return self.to if self.quantize_head is True else str(self.quantize_head)
+
     def record(self) -> dict[str, Any]:
         if self.to == "int8-dynamic":
             return {"method": "onnxruntime quantize_dynamic", "weight_type": "int8", "per_channel": False}
         return {
-            "method": "onnxruntime MatMulNBits",
+            "method": "onnxruntime MatMulNBits" + (", grid-exact where the weights lie on a grid" if self.grid else ""),
             "bits": _BITS[self.to],
             "block_size": self.block_size,
             "symmetric": self.symmetric,
             "accuracy_level": self.accuracy_level,
+            "head": self.head or "float32",
         }
 
 
@@ -76,14 +88,16 @@ class GraphQuantization:
     precision: str
     quantized: int  # MatMul nodes now quantized
     excluded: list[dict[str, str]] = field(default_factory=list)
+    grid: GridReport = field(default_factory=GridReport)
 
     def record(self, settings: QuantizeSettings) -> dict[str, Any]:
         return {
             **settings.record(),
             "quantized_matmuls": self.quantized,
+            **(self.grid.record() if settings.grid and settings.to in _BITS else {}),
             "excluded": self.excluded,
             "kept_float32": "embedding Gather, attention and other non-constant MatMuls, norms"
-            + ("" if settings.quantize_head else ", lm_head"),
+            + ("" if settings.head else ", lm_head"),
         }
 
 
@@ -166,34 +180,62 @@ def _dynamic(model: onnx.ModelProto, exclude: list[str]) -> onnx.ModelProto:
     return quantized
 
 
-def _nbits(model: onnx.ModelProto, exclude: list[str], settings: QuantizeSettings) -> onnx.ModelProto:
+def _nbits(model: onnx.ModelProto, settings: QuantizeSettings, bits: int, names: set[str]) -> onnx.ModelProto:
+    """onnxruntime's round-to-nearest MatMulNBits of the MatMuls named, and of no other."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(
         model,
-        bits=_BITS[settings.to],
+        bits=bits,
         block_size=settings.block_size,
         is_symmetric=settings.symmetric,
         accuracy_level=settings.accuracy_level,
-        nodes_to_exclude=exclude,
+        nodes_to_exclude=sorted({n.name for n in model.graph.node if n.op_type == "MatMul"} - names),
         op_types_to_quantize=("MatMul",),
     )
     quantizer.process()
     return quantizer.model.model
 
 
+def _weight_only(
+    model: onnx.ModelProto, heads: list[str], settings: QuantizeSettings
+) -> tuple[onnx.ModelProto, GridReport]:
+    """MatMulNBits: weights on a grid keep it (quantize_grid.py), the others are rounded by
+    onnxruntime's quantizer; the heads (already untied) at settings.head, when set."""
+    graph = model.graph
+    bits = {n.name: _BITS[settings.to] for n in graph.node if n.op_type == "MatMul" and n.name not in heads}
+    if settings.head:
+        bits.update(dict.fromkeys(heads, _BITS[settings.head]))
+    report = GridReport()
+    if settings.grid:
+        report = quantize_on_grid(graph, bits, settings.block_size, settings.accuracy_level, GRID_SHARE)
+        if report.matmuls and not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    left = {n.name for n in graph.node if n.op_type == "MatMul"} & set(bits)  # not the grid's corrections
+    for nbits in sorted(set(bits.values())):  # the head may have other bits than the body
+        names = {name for name in left if bits[name] == nbits}
+        if names:
+            model = _nbits(model, settings, nbits, names)
+    return model, report
+
+
 def quantize_model(model: onnx.ModelProto, settings: QuantizeSettings) -> tuple[onnx.ModelProto, GraphQuantization]:
     """A quantized copy of model (weights loaded in memory) and what was done to it."""
     model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's model
-    excluded = []
+    excluded, heads = [], []
     for head in head_nodes(model.graph):
-        if settings.quantize_head:
+        heads.append(head.name)
+        if settings.head:
             untie_head(model.graph, head)
         else:
             excluded.append({"node": head.name, "op": head.op_type, "reason": "lm_head kept float32"})
     names = [e["node"] for e in excluded]
+    grid = GridReport()
     with _quiet():
-        quantized = _dynamic(model, names) if settings.to == "int8-dynamic" else _nbits(model, names, settings)
-    ops = Counter(node.op_type for node in quantized.graph.node)
+        if settings.to == "int8-dynamic":
+            model = _dynamic(model, names)
+        else:
+            model, grid = _weight_only(model, heads, settings)
+    ops = Counter(node.op_type for node in model.graph.node)
     count = ops[_QUANTIZED_OPS[settings.to]]
-    return quantized, GraphQuantization(settings.to if count else "float32", count, excluded)  # a lone head: none
+    return model, GraphQuantization(settings.to if count else "float32", count, excluded, grid)  # a lone head: none

@@ -1,0 +1,202 @@
+"""Grid-exact block quantization: weights that already lie on a block-wise integer grid (the base of
+a GGUF checkpoint, dequantized: Q4_1 is w = d*q + m, q in 0..15, Q8_0 is w = d*q, q in -127..127, in
+blocks of 32 along the input dimension) are stored as MatMulNBits with the grid's own step and
+levels, so that re-quantizing them loses nothing. Round-to-nearest re-quantization of such weights
+puts a second, misaligned grid over the first and roughly doubles the error (SmolLM2: 68% top-1).
+
+Per block of `block` values along K: find a step s and an offset c such that every value is
+s * (q - z) + c with q an integer in [0, 2^bits) and z = 2^(bits-1) (MatMulNBits' implicit zero
+point). Blocks off any grid fall back to min-max rounding with the same float offset (Q4_1-style).
+MatMulNBits' zero points cannot carry the offset at speed (float zero points run a reference path
+12-35x slower on onnxruntime 1.32's CPU), so c travels beside it:
+
+    y = MatMulNBits(x; q, s) + (x @ S) @ C      S: [K, K/block] block-sum of ones, C: [K/block, N]
+
+S is shared by every quantized MatMul with the same input; the correction reads K*N/8 bytes (fp32
+C), a fifth more than the symmetric 4-bit weights. A weight with no offset anywhere (a symmetric
+grid, e.g. Q8_0) needs no correction at all. Weights that did not come from a grid gain nothing:
+`fit_blocks` reports the exact share and quantize_graph.py quantizes them as before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+# How far from an integer a value may be, in steps, and still count as on the grid: float32
+# dequantization (d*q + m) leaves ~1e-6; rounding a real weight to a grid is off by up to 0.5.
+GRID_TOLERANCE = 1e-4
+
+
+@dataclass
+class BlockFit:
+    """A [K, N] weight as MatMulNBits blocks: w[b*block + i, n] ~ scales[n, b] * (q[n, b, i] - z) + offsets[n, b]."""
+
+    q: np.ndarray  # uint8 [N, K/block, block]
+    scales: np.ndarray  # float32 [N, K/block]
+    offsets: np.ndarray  # float32 [N, K/block]
+    exact: np.ndarray  # bool [N, K/block]: the block lies on a grid (reproduced to float rounding)
+    bits: int
+
+    @property
+    def exact_share(self) -> float:
+        return float(self.exact.mean())
+
+    def dequantize(self) -> np.ndarray:
+        zero = 1 << (self.bits - 1)
+        w = self.scales[..., None] * (self.q.astype(np.float32) - zero) + self.offsets[..., None]
+        return w.reshape(w.shape[0], -1).T
+
+    def packed(self) -> np.ndarray:
+        """MatMulNBits' B: [N, K/block, block*bits/8], two 4-bit values a byte, the first in the low nibble."""
+        if self.bits == 8:
+            return self.q
+        return (self.q[..., 0::2] | (self.q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _candidate_steps(lo: np.ndarray, hi: np.ndarray, bits: int) -> list[np.ndarray]:
+    """Steps to try per block: a grid spanning k levels from min to max (Q4_1-like, k = 2^bits-1
+    first, fewer when the extreme levels are unused), or symmetric around 0 (Q8_0, Q4_0)."""
+    top = (1 << bits) - 1
+    amax = np.maximum(np.abs(lo), np.abs(hi))
+    spans = range(top, 0, -1) if bits <= 4 else (top, 15)  # 8 bits: 255 spans would be slow; Q8_0 is symmetric
+    half = 1 << (bits - 1)
+    return [(hi - lo) / k for k in spans] + [amax / (half - 1), amax / half]
+
+
+def fit_blocks(weight: np.ndarray, bits: int, block: int) -> BlockFit:
+    """The grid of each block of `weight` [K, N] (K a multiple of block), or min-max rounding."""
+    k, n = weight.shape
+    w = weight.T.reshape(n, k // block, block).astype(np.float64)  # float64: judge the grid, not our rounding
+    lo, hi = w.min(-1), w.max(-1)
+    top = (1 << bits) - 1
+    steps = np.where(hi > lo, (hi - lo) / top, 0.0)  # the fallback: min-max rounding
+    exact = hi == lo  # a constant block is its offset alone
+    for candidate in _candidate_steps(lo, hi, bits):
+        todo = ~exact & (candidate > 0)
+        if not todo.any():
+            break
+        levels = (w[todo] - lo[todo, None]) / candidate[todo, None]
+        fits = (np.abs(levels - np.round(levels)).max(-1) <= GRID_TOLERANCE) & (np.round(levels).max(-1) <= top)
+        idx = tuple(i[fits] for i in np.nonzero(todo))
+        steps[idx] = candidate[idx]
+        exact[idx] = True
+    safe = np.where(steps > 0, steps, 1.0)
+    q = np.clip(np.round((w - lo[..., None]) / safe[..., None]), 0, top)
+    # center the used levels on the zero point, so that a symmetric grid needs no offset at all
+    zero = 1 << (bits - 1)
+    shift = np.clip(np.round(lo / safe) + zero, 0, top - q.max(-1))
+    offsets = lo - (shift - zero) * steps
+    offsets[np.abs(offsets) <= GRID_TOLERANCE * steps] = 0.0
+    return BlockFit(
+        q=(q + shift[..., None]).astype(np.uint8),
+        scales=steps.astype(np.float32),
+        offsets=offsets.astype(np.float32),
+        exact=exact,
+        bits=bits,
+    )
+
+
+@dataclass
+class GridReport:
+    """What grid quantization did to one graph (the manifest's quantization record)."""
+
+    matmuls: int = 0  # MatMuls stored on their own grid
+    blocks: int = 0
+    exact_blocks: int = 0
+    corrected: int = 0  # of those, with an offset correction beside them
+    skipped: int = 0  # MatMuls looked at whose weights lie on no grid (quantized by rounding instead)
+
+    def record(self) -> dict[str, int]:
+        return {
+            "grid_matmuls": self.matmuls,
+            "grid_blocks": self.blocks,
+            "grid_exact_blocks": self.exact_blocks,
+            "offset_corrections": self.corrected,
+            "off_grid_matmuls": self.skipped,
+        }
+
+
+def constant_weight(graph: onnx.GraphProto, node: onnx.NodeProto) -> np.ndarray | None:
+    """The float32 [K, N] weight of MatMul(x, W) when W is an initializer, else None."""
+    if node.op_type != "MatMul":
+        return None
+    init = next((t for t in graph.initializer if t.name == node.input[1]), None)
+    if init is None or init.data_type != onnx.TensorProto.FLOAT or len(init.dims) != 2:
+        return None
+    return numpy_helper.to_array(init)
+
+
+def _grid_nodes(
+    node: onnx.NodeProto, fit: BlockFit, block: int, accuracy_level: int, block_sums: dict[str, str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """MatMulNBits for `node`, plus (x @ S) @ C + when some block has an offset."""
+    n, blocks, _ = fit.q.shape
+    x, out, name = node.input[0], node.output[0], node.name or node.output[0]
+    inits = [numpy_helper.from_array(fit.packed(), f"{name}.q"), numpy_helper.from_array(fit.scales, f"{name}.scales")]
+    has_offsets = bool(fit.offsets.any())
+    nbits = onnx.helper.make_node(
+        "MatMulNBits",
+        [x, inits[0].name, inits[1].name],  # no zero points: the implicit 2^(bits-1), the fast path
+        [f"{out}.nbits" if has_offsets else out],
+        name=f"{name}.nbits",
+        domain="com.microsoft",
+        K=blocks * block,
+        N=n,
+        bits=fit.bits,
+        block_size=block,
+        accuracy_level=accuracy_level,
+    )
+    if not has_offsets:
+        return [nbits], inits
+    nodes = [nbits]
+    sums = block_sums.get(x)
+    if sums is None:  # sum x over each block once per input, for all MatMuls that read it
+        ones = np.kron(np.eye(blocks, dtype=np.float32), np.ones((block, 1), dtype=np.float32))  # [K, blocks]
+        inits.append(numpy_helper.from_array(ones, f"{name}.block_sum"))
+        sums = block_sums[x] = f"{name}.x_block_sums"
+        nodes.append(onnx.helper.make_node("MatMul", [x, inits[-1].name], [sums], name=f"{name}.block_sum"))
+    inits.append(numpy_helper.from_array(np.ascontiguousarray(fit.offsets.T), f"{name}.offsets"))  # [blocks, N]
+    nodes.append(onnx.helper.make_node("MatMul", [sums, inits[-1].name], [f"{out}.offset"], name=f"{name}.offset"))
+    nodes.append(onnx.helper.make_node("Add", [nbits.output[0], f"{out}.offset"], [out], name=f"{name}.add"))
+    return nodes, inits
+
+
+def quantize_on_grid(
+    graph: onnx.GraphProto,
+    bits_of: dict[str, int],
+    block: int,
+    accuracy_level: int,
+    min_share: float,
+) -> GridReport:
+    """Replace each MatMul named in bits_of whose blocks lie on a grid (at least min_share of them)
+    with grid-exact MatMulNBits (the float MatMuls of its offset correction get new names)."""
+    report, block_sums = GridReport(), {}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        weight = constant_weight(graph, node) if node.name in bits_of else None
+        if weight is None or weight.shape[0] % block:
+            nodes.append(node)
+            continue
+        fit = fit_blocks(weight, bits_of[node.name], block)
+        if fit.exact_share < min_share:
+            report.skipped += 1
+            nodes.append(node)
+            continue
+        new_nodes, inits = _grid_nodes(node, fit, block, accuracy_level, block_sums)
+        nodes.extend(new_nodes)  # in place of node: the graph stays topologically sorted
+        graph.initializer.extend(inits)
+        report.matmuls += 1
+        report.blocks += fit.exact.size
+        report.exact_blocks += int(fit.exact.sum())
+        report.corrected += len(new_nodes) > 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]  # the float weights replaced
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return report

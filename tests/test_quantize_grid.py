@@ -1,0 +1,135 @@
+"""Grid-exact quantization: weights already on a block grid (a GGUF base: Q4_1, Q8_0) are stored on
+that grid, so int4/int8 lose nothing; weights on no grid are rounded as before."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from models import tiny_base, write_checkpoint
+from safetensors.numpy import load_file, save_file
+
+from shadow_edge.bundle import read_manifest
+from shadow_edge.exporters.quantize import quantize_bundle
+from shadow_edge.exporters.quantize_graph import head_nodes
+from shadow_edge.exporters.quantize_grid import fit_blocks
+
+BLOCK = 16  # the tiny models' sizes (32, 48) are multiples of 16
+
+
+def q4_1(w: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """llama.cpp's Q4_1 round trip of w [out, in], blocks along in: d*q + m, q in 0..15, d and m fp16."""
+    b = w.reshape(w.shape[0], -1, block)
+    lo, hi = b.min(-1, keepdims=True), b.max(-1, keepdims=True)
+    d = ((hi - lo) / 15).astype(np.float16).astype(np.float32)
+    q = np.clip(np.round((b - lo) / np.where(d > 0, d, 1)), 0, 15)
+    return (d * q + lo.astype(np.float16).astype(np.float32)).reshape(w.shape)
+
+
+def q8_0(w: np.ndarray, block: int = BLOCK) -> np.ndarray:
+    """Q8_0 round trip: d*q, q in -127..127, d = amax/127 in fp16."""
+    b = w.reshape(w.shape[0], -1, block)
+    d = (np.abs(b).max(-1, keepdims=True) / 127).astype(np.float16).astype(np.float32)
+    return (d * np.round(b / np.where(d > 0, d, 1))).reshape(w.shape)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_q4_1_blocks_are_reproduced_exactly(bits):
+    w = q4_1(np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32)).T  # [K, N]
+    fit = fit_blocks(w, bits, BLOCK)
+    assert fit.exact.all() and fit.exact_share == 1.0
+    np.testing.assert_allclose(fit.dequantize(), w, rtol=0, atol=1e-6 * np.abs(w).max())
+    assert fit.packed().shape == (40, 64 // BLOCK, BLOCK * bits // 8)
+
+
+def test_q8_0_at_8_bits_needs_no_offsets_and_random_weights_lie_on_no_grid():
+    rng = np.random.default_rng(1)
+    w = q8_0(rng.normal(size=(24, 32)).astype(np.float32)).T
+    fit = fit_blocks(w, 8, BLOCK)
+    assert fit.exact.all() and not fit.offsets.any()  # symmetric: MatMulNBits' implicit zero point does it
+    np.testing.assert_allclose(fit.dequantize(), w, rtol=0, atol=1e-6 * np.abs(w).max())
+    noise = rng.normal(size=(32, 24)).astype(np.float32)
+    fit = fit_blocks(noise, 4, BLOCK)
+    assert fit.exact_share == 0.0
+    err = np.abs(fit.dequantize() - noise).T.reshape(fit.q.shape)
+    assert (err <= fit.scales[..., None] * 0.5001).all()  # min-max rounding: off by at most half a step
+
+
+def test_a_constant_block_is_its_offset():
+    w = np.full((BLOCK, 3), 0.25, dtype=np.float32)
+    fit = fit_blocks(w, 4, BLOCK)
+    assert fit.exact.all()
+    np.testing.assert_array_equal(fit.dequantize(), w)
+
+
+# ---- a tiny GGUF-like base: layers on a Q4_1 grid, the embedding on Q8_0 ----------------------
+
+
+@pytest.fixture(scope="module")
+def gguf_like(tmp_path_factory) -> Path:
+    """A tiny Llama whose layer weights are Q4_1 round trips and whose (tied) table a Q8_0 one,
+    exported with its base-only graph."""
+    import shadow_edge
+
+    root = tmp_path_factory.mktemp("gguf-like")
+    base = tiny_base(root / "ckpt" / "base", "llama", seed=5)
+    weights = load_file(base / "model.safetensors")
+    for name, w in weights.items():
+        if name.endswith("embed_tokens.weight"):
+            weights[name] = q8_0(w)
+        elif w.ndim == 2:
+            weights[name] = q4_1(w)
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    ckpt = write_checkpoint(root / "ckpt", base)
+    return shadow_edge.export(ckpt, root / "bundle", with_base=True).output
+
+
+def test_grid_exact_int4_loses_nothing_where_rounding_loses_a_lot(gguf_like, tmp_path):
+    def base_figures(**options) -> tuple[dict, dict]:
+        out = tmp_path / str(len(list(tmp_path.iterdir())))
+        manifest = quantize_bundle(gguf_like, out, "int4", block_size=BLOCK, modes=["base"], **options).manifest
+        return manifest.fidelity["modes"]["base"], manifest.graphs["base_lm"].quantization
+
+    exact, record = base_figures(accuracy_level=0)  # float compute: only the weights can differ
+    assert exact["top1_agreement"] == 1.0 and exact["mean_kl"] < 1e-9
+    assert record["grid_exact_blocks"] == record["grid_blocks"] > 0 and record["off_grid_matmuls"] == 0
+    assert record["grid_matmuls"] == record["quantized_matmuls"] == 3 * 7  # every projection of 3 layers
+    rounded, record = base_figures(accuracy_level=0, grid=False)
+    assert rounded["mean_kl"] > 1e4 * max(exact["mean_kl"], 1e-12) and "grid_matmuls" not in record
+    fast, _ = base_figures()  # accuracy level 4: int8 activations cost a little, nothing like rounding
+    assert fast["mean_kl"] < rounded["mean_kl"] / 10
+
+
+def test_an_int8_head_on_a_q8_0_table_needs_no_correction(gguf_like, tmp_path):
+    manifest = quantize_bundle(
+        gguf_like, tmp_path / "q", "int4", block_size=BLOCK, quantize_head="int8", accuracy_level=0, modes=["base"]
+    ).manifest
+    graph = onnx.load(tmp_path / "q" / "base_lm.onnx", load_external_data=False).graph
+    (head,) = head_nodes(graph, ops=("MatMulNBits",))  # straight to logits: no offset Add
+    assert {a.name: a.i for a in head.attribute}["bits"] == 8
+    assert manifest.graphs["base_lm"].quantization["head"] == "int8"
+    assert manifest.fidelity["modes"]["base"]["mean_kl"] < 1e-9
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["Gather"] >= 1 and ops["Add"] > 0  # the layers' Q4_1 offsets are corrections beside them
+
+
+def test_the_adapter_off_the_grid_is_rounded_as_before(gguf_like, tmp_path):
+    record = quantize_bundle(gguf_like, tmp_path / "q", "int4", block_size=BLOCK, check=False).manifest
+    backbone = record.graphs["backbone"].quantization
+    # injection and update MLPs (random) lie on no grid; the base's projections do
+    assert backbone["off_grid_matmuls"] > 0 and backbone["grid_matmuls"] == 3 * 7
+    assert backbone["quantized_matmuls"] > backbone["grid_matmuls"]
+    assert read_manifest(tmp_path / "q").graphs["shadow"].quantization["off_grid_matmuls"] > 0
+
+
+def test_cli_quantize_head_and_no_grid(gguf_like, tmp_path):
+    from test_export import run_cli
+
+    args = ("--to", "int4", "--block-size", str(BLOCK), "--only", "base", "--no-eval", "--json")
+    code, output = run_cli("quantize", gguf_like, tmp_path / "a", *args, "--quantize-head", "int8", "--no-grid")
+    assert code == 0, output
+    record = read_manifest(tmp_path / "a").graphs["base_lm"].quantization
+    assert record["head"] == "int8" and "grid_matmuls" not in record and "grid-exact" not in record["method"]
