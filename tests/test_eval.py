@@ -142,3 +142,17 @@ def test_without_torch_the_reference_names_the_export_extra(tiny_exports, monkey
     exported = tiny_exports["llama"]
     code, output = run_cli("eval", exported.bundle, "--reference", exported.checkpoint)
     assert code == 1 and "torch is not installed" in output and "shadow-edge[export]" in output
+
+
+@pytest.mark.slow
+def test_smollm2_float32_bundle_agrees_with_shadow_peft(smollm2_export, tmp_path):
+    text = tmp_path / "text.txt"  # short: the reference recomputes the whole sequence for every greedy token
+    text.write_text(
+        "The lighthouse keeper climbed the steps every evening, cleaned the lens and wrote the weather in a book."
+    )
+    args = ("--reference", smollm2_export.checkpoint, "--text", text, "--mode", "attached", "--threads", "2", "--json")
+    code, output = run_cli("eval", smollm2_export.bundle, *args)
+    assert code == 0, output
+    figures = json.loads(output)["modes"]["attached"]
+    assert figures["top1_agreement"] == 1.0 and figures["greedy_agreement"] == 1.0
+    assert figures["mean_kl"] < 1e-6  # export validation: max |logit diff| ~7e-5

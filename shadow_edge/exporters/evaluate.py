@@ -152,6 +152,7 @@ def evaluate(
     verify_files(root, manifest, hashes=False)
     if (against is None) == (reference is None):
         raise BundleError("give one reference: another bundle (against) or a checkpoint (reference), not both")
+    ids, source = eval_tokens(root, manifest, text)  # before loading a checkpoint: a bad text fails fast
     if against is not None:
         label, available, open_reference = _bundle_reference(Path(against), manifest, threads)
         where = "both bundles"
@@ -165,7 +166,6 @@ def evaluate(
     unknown = [m for m in chosen if m not in common]
     if unknown or not chosen:
         raise BundleError(f"mode {', '.join(unknown) or '(none)'} is not in {where} (common: {common})")
-    ids, source = eval_tokens(root, manifest, text)
     report: dict = {"against": label, "text": source, "tokens": int(len(ids)), "modes": {}}
     for mode in chosen:
         report["modes"][mode] = compare_mode(open_engine(root, manifest, mode, threads), open_reference(mode), ids)
