@@ -6,17 +6,24 @@
                   activations in the kernel: the fast CPU path)
     int8-dynamic  onnxruntime's quantize_dynamic: one int8 scale per weight tensor, activations
                   quantized per call (DynamicQuantizeLinear + MatMulInteger)
-Measured on the SmolLM2-135M demo bundle (attached; 499 tokens of English; top-1 agreement with
-float32; decode tok/s at 2 threads, float32 18.7):
-    int8, accuracy_level 0     98.4%   5-7 tok/s  (the default: meets the 97% floor, but slow)
-    int8, accuracy_level 4     96.2%  30 tok/s    (--accuracy-level 4: fast, just under the floor)
-    int8-dynamic               52.9% (59.5% per channel)
-    int4, accuracy_level 4     68-72% (block 16-32, symmetric or not; level 0 no better)  33 tok/s
-Hence int8 is block-wise MatMulNBits and quantize_dynamic stays available by name only.
+Weights that already lie on a block grid (a GGUF base, dequantized) are stored on that grid, exactly
+(quantize_grid.py; grid=False turns it off); the others are rounded to nearest by onnxruntime.
+Measured on the SmolLM2-135M demo bundle (base: dequantized Q4_1; attached; 499 tokens of English;
+top-1 and greedy 8-token agreement with float32; decode speed relative to float32 in the same run,
+2 threads; benchmarks/results/quantize_variants.json):
+    int4 grid-exact, level 4       98.4%   88%   1.69x  (the default)
+    int4 grid-exact, level 0       99.6%  100%   1.36x  (weights exact; the adapter is rounded)
+    int4 grid-exact + int8 head    97.6%   88%   1.96x  (quantize_head="int8"; detached 2.64x)
+    int4 rounded (grid=False)      68.3%    0%   1.88x  (a second grid over the Q4_1 one)
+    int8 grid-exact, level 0      100.0%  100%   0.18x  (level 0 at 8 bits is a slow reference path)
+    int8 grid-exact, level 4       96.8%  100%   1.52x
+    int8-dynamic                   52.9% (59.5% per channel), measured before the grid
+Level 4's int8 activations are what costs the grid-exact int4 its last 1.6%. Hence int8 is
+block-wise MatMulNBits and quantize_dynamic stays available by name only.
 
 The lm_head / shadow head (every MatMul or Gemm whose output reaches `logits`) stays float32 by
-default: on SmolLM2 quantizing it changed the first greedy token (DESIGN.md), and its errors land
-directly on the next-token distribution. quantize_head=True quantizes it too; a head tied to the
+default: its errors land directly on the next-token distribution. quantize_head="int8" / "int4"
+(True: at the body's precision) quantizes it too, with the body's accuracy level; a head tied to the
 embedding table (Gemm transB=1 on the Gather's table) is first untied into its own transposed copy,
 so that the embedding Gather keeps reading float32 rows. Gather is never quantized. Works on
 in-memory models; knows nothing about bundles or files.

@@ -178,11 +178,14 @@ def quantize_on_grid(
     nodes: list[onnx.NodeProto] = []
     for node in graph.node:
         weight = constant_weight(graph, node) if node.name in bits_of else None
-        if weight is None or weight.shape[0] % block:
+        if weight is None:
             nodes.append(node)
             continue
-        fit = fit_blocks(weight, bits_of[node.name], block)
-        if fit.exact_share < min_share:
+        bits = bits_of[node.name]
+        # a few columns first: an ordinary (off-grid) model's weights are not searched in full
+        sample_fits = weight.shape[0] % block == 0 and fit_blocks(weight[:, :8], bits, block).exact_share >= min_share
+        fit = fit_blocks(weight, bits, block) if sample_fits else None
+        if fit is None or fit.exact_share < min_share:
             report.skipped += 1
             nodes.append(node)
             continue
