@@ -456,6 +456,9 @@ def quantize(
     grid: Annotated[
         bool, typer.Option("--grid/--no-grid", help="keep weights that lie on a block grid (GGUF) exactly")
     ] = True,
+    off_grid: Annotated[
+        str, typer.Option(help="precision of weights on no grid: auto (int8 beside a GGUF base's int4), int8, int4")
+    ] = "auto",
     only: Annotated[list[str] | None, typer.Option(help="keep only this mode (repeatable), e.g. detached")] = None,
     graph: Annotated[list[str] | None, typer.Option(help="quantize only this graph (repeatable)")] = None,
     force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
@@ -482,6 +485,7 @@ def quantize(
             quantize_head=quantize_head or False,
             accuracy_level=accuracy_level,
             grid=grid,
+            off_grid=off_grid,
             graphs=graph,
             modes=only,
             force=force,

@@ -191,8 +191,9 @@ def test_smollm2_int4_is_under_045x_and_keeps_the_head_fp32(smollm2_export, smol
     manifest = read_manifest(smollm2_int4)
     assert manifest.fidelity["passed"], manifest.fidelity["failures"]
     attached = manifest.fidelity["modes"]["attached"]
-    # grid-exact (the base is dequantized Q4_1): measured 98.4% / 0.0024 / 87.5%; rounding it: 68% / 0.28 / 0%
-    assert attached["top1_agreement"] >= 0.97 and attached["mean_kl"] < 0.01 and attached["greedy_agreement"] >= 0.75
+    # grid-exact (the base is dequantized Q4_1), the trained adapter at int8: measured 97.2% / 0.0025 / 87.5%;
+    # rounding everything to int4: 68% / 0.28 / 0%
+    assert attached["top1_agreement"] >= 0.95 and attached["mean_kl"] < 0.01 and attached["greedy_agreement"] >= 0.75
     assert np.isfinite(attached["perplexity"])
     record = manifest.graphs["backbone"].quantization
     assert record["grid_matmuls"] == 30 * 7 and record["grid_exact_blocks"] == record["grid_blocks"]

@@ -116,13 +116,25 @@ def test_an_int8_head_on_a_q8_0_table_needs_no_correction(gguf_like, tmp_path):
     assert ops["Gather"] >= 1 and ops["Add"] > 0  # the layers' Q4_1 offsets are corrections beside them
 
 
-def test_the_adapter_off_the_grid_is_rounded_as_before(gguf_like, tmp_path):
-    record = quantize_bundle(gguf_like, tmp_path / "q", "int4", block_size=BLOCK, check=False).manifest
-    backbone = record.graphs["backbone"].quantization
+def test_beside_a_grid_base_the_off_grid_adapter_is_rounded_at_8_bits(gguf_like, tmp_path):
+    def bits_of(folder: Path, graph: str) -> Counter:
+        nodes = onnx.load(folder / f"{graph}.onnx", load_external_data=False).graph.node
+        return Counter(next(a.i for a in n.attribute if a.name == "bits") for n in nodes if n.op_type == "MatMulNBits")
+
+    manifest = quantize_bundle(gguf_like, tmp_path / "auto", "int4", block_size=BLOCK, check=False).manifest
+    backbone = manifest.graphs["backbone"].quantization
     # injection and update MLPs (random) lie on no grid; the base's projections do
-    assert backbone["off_grid_matmuls"] > 0 and backbone["grid_matmuls"] == 3 * 7
-    assert backbone["quantized_matmuls"] > backbone["grid_matmuls"]
-    assert read_manifest(tmp_path / "q").graphs["shadow"].quantization["off_grid_matmuls"] > 0
+    assert backbone["off_grid"] == "int8" and backbone["grid_matmuls"] == 3 * 7 and backbone["off_grid_matmuls"] > 0
+    assert bits_of(tmp_path / "auto", "backbone") == {4: 3 * 7, 8: backbone["off_grid_matmuls"]}
+    assert set(bits_of(tmp_path / "auto", "shadow")) == {8}  # the random shadow layers: all off the grid
+    quantize_bundle(gguf_like, tmp_path / "int4", "int4", block_size=BLOCK, off_grid="int4", check=False)
+    assert set(bits_of(tmp_path / "int4", "backbone")) == {4}
+
+
+def test_an_ordinary_model_is_rounded_at_the_precision_asked(tiny_exports, tmp_path):
+    manifest = quantize_bundle(tiny_exports["llama"].bundle, tmp_path / "q", "int4", check=False).manifest
+    record = manifest.graphs["backbone"].quantization
+    assert "off_grid" not in record and record["grid_matmuls"] == 0 and record["off_grid_matmuls"] > 0
 
 
 def test_cli_quantize_head_and_no_grid(gguf_like, tmp_path):
@@ -145,6 +157,7 @@ def test_smollm2_int8_head_is_the_q8_0_table_exactly(smollm2_export, tmp_path):
     (head,) = head_nodes(graph, ops=("MatMulNBits",))  # no offset correction: Q8_0 is symmetric
     assert {a.name: a.i for a in head.attribute}["bits"] == 8
     record = manifest.graphs["shadow_lm"].quantization
-    assert record["grid_exact_blocks"] == record["grid_blocks"]  # the shadow layer (Q4_1) and the head (Q8_0)
+    assert record["grid_exact_blocks"] == record["grid_blocks"]  # the head (Q8_0)
+    assert record["off_grid"] == "int8"  # the trained shadow layer left the Q4_1 grid
     detached = manifest.fidelity["modes"]["detached"]
-    assert detached["top1_agreement"] >= 0.97 and detached["mean_kl"] < 0.005  # measured 98.0% / 0.0009
+    assert detached["top1_agreement"] >= 0.95 and detached["mean_kl"] < 0.005

@@ -24,6 +24,8 @@ from pathlib import Path
 import onnx
 
 from ..bundle import (
+    BACKBONE_GRAPH,
+    BASE_LM_GRAPH,
     MANIFEST_FILE,
     MODE_GRAPHS,
     GraphSpec,
@@ -37,7 +39,8 @@ from ..bundle import (
 )
 from ..errors import OutputExistsError, QuantizeError
 from .evaluate import FLOORS, below_floor, evaluate
-from .quantize_graph import PRECISIONS, QuantizeSettings, quantize_model
+from .quantize_graph import GRID_SHARE, PRECISIONS, QuantizeSettings, quantize_model
+from .quantize_grid import graph_on_grid
 from .staging import staging
 from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
 
@@ -61,6 +64,8 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
         raise QuantizeError(f"block size {settings.block_size} is not supported: choose one of {BLOCK_SIZES}")
     if settings.to != "int8-dynamic" and settings.head not in (None, "int8", "int4"):
         raise QuantizeError(f"cannot quantize the head to {settings.head!r}: choose int8 or int4")
+    if settings.off_grid not in (None, "int8", "int4"):
+        raise QuantizeError(f"cannot quantize the off-grid weights to {settings.off_grid!r}: choose int8 or int4")
     if settings.accuracy not in (None, *ACCURACY_LEVELS):
         raise QuantizeError(f"accuracy level {settings.accuracy} is not one of {ACCURACY_LEVELS}")
     for mode in modes or ():
@@ -78,6 +83,12 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
             hint="quantize the float32 bundle that `shadow-edge export` wrote",
         )
     return keep, chosen
+
+
+def _base_on_grid(root: Path, source: Manifest, block: int) -> bool:
+    """Whether the base model's weights (the backbone's, or base_lm's) lie on a 4-bit grid."""
+    graph = next((source.graphs[g] for g in (BACKBONE_GRAPH, BASE_LM_GRAPH) if g in source.graphs), None)
+    return graph is not None and graph_on_grid(resolve_inside(root, graph.file), 4, block, GRID_SHARE)
 
 
 def _copy_other_files(source_root: Path, source: Manifest, folder: Path) -> None:
@@ -110,6 +121,7 @@ def quantize_bundle(
     quantize_head: bool | str = False,
     accuracy_level: int | None = None,
     grid: bool = True,
+    off_grid: str | None = "auto",
     graphs: Sequence[str] | None = None,
     modes: Sequence[str] | None = None,
     force: bool = False,
@@ -126,7 +138,9 @@ def quantize_bundle(
     to: "int8" or "int4" (MatMulNBits: block_size, symmetric) or "int8-dynamic" (quantize_dynamic).
     quantize_head: also the lm_head / shadow head (kept float32 by default): True at `to`, or
     "int8" / "int4". grid: weights that lie on a block grid (a GGUF base) are stored on it exactly
-    (quantize_grid.py); False rounds them like any other. accuracy_level:
+    (quantize_grid.py); False rounds them like any other. off_grid: the precision of the weights on no
+    grid ("auto": int8 when int4 re-quantizes a grid base, where they are the adapter and a trained
+    shadow: a few MB that int4 rounding hurts most; else `to`). accuracy_level:
     MatMulNBits compute (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
     quantize (default all; the others are copied float32). modes: the modes the output keeps
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
@@ -137,7 +151,9 @@ def quantize_bundle(
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
     source = read_manifest(source_root)
-    settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level, grid)
+    if off_grid == "auto":
+        off_grid = "int8" if to == "int4" and grid and _base_on_grid(source_root, source, block_size) else None
+    settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level, grid, off_grid)
     keep, chosen = _check(source, settings, graphs, modes)
     verify_files(source_root, source)
     warnings: list[str] = []

@@ -63,6 +63,7 @@ class QuantizeSettings:
     quantize_head: bool | str = False  # True: at `to`; "int8" / "int4": at that precision
     accuracy: int | None = None  # MatMulNBits accuracy_level; None: the precision's default
     grid: bool = True  # weights on a block grid (GGUF origin) keep it exactly: quantize_grid.py
+    off_grid: str | None = None  # precision of the weights on no grid (None: `to`), e.g. a trained adapter
 
     @property
     def accuracy_level(self) -> int:
@@ -85,6 +86,7 @@ class QuantizeSettings:
             "symmetric": self.symmetric,
             "accuracy_level": self.accuracy_level,
             "head": self.head or "float32",
+            **({"off_grid": self.off_grid} if self.off_grid else {}),
         }
 
 
@@ -219,6 +221,8 @@ def _weight_only(
         if report.matmuls and not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     left = {n.name for n in graph.node if n.op_type == "MatMul"} & set(bits)  # not the grid's corrections
+    if settings.off_grid:
+        bits.update({name: _BITS[settings.off_grid] for name in left if name not in heads})
     for nbits in sorted(set(bits.values())):  # the head may have other bits than the body
         names = {name for name in left if bits[name] == nbits}
         if names:

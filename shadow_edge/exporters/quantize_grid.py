@@ -15,12 +15,15 @@ MatMulNBits' zero points cannot carry the offset at speed (float zero points run
 S is shared by every quantized MatMul with the same input; the correction reads K*N/8 bytes (fp32
 C), a fifth more than the symmetric 4-bit weights. A weight with no offset anywhere (a symmetric
 grid, e.g. Q8_0) needs no correction at all. Weights that did not come from a grid gain nothing:
-`fit_blocks` reports the exact share and quantize_graph.py quantizes them as before.
+`fit_blocks` reports the exact share and quantize_graph.py rounds them as before (beside a grid base
+at int4, at 8 bits: there they are the adapter and a trained shadow, small and the most hurt by
+rounding; quantize.py decides with graph_on_grid).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -203,3 +206,25 @@ def quantize_on_grid(
     del graph.initializer[:]
     graph.initializer.extend(kept)
     return report
+
+
+def graph_on_grid(path: Path, bits: int, block: int, min_share: float, probes: int = 3) -> bool:
+    """Whether the first `probes` MatMul weights of the graph at `path` lie on a grid (a GGUF base),
+    reading only those tensors' external data: a few columns of each."""
+    from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+    graph = onnx.load(path, load_external_data=False).graph
+    inits = {t.name: t for t in graph.initializer}
+    found = 0
+    for node in graph.node:
+        tensor = inits.get(node.input[1]) if node.op_type == "MatMul" else None
+        if tensor is None or len(tensor.dims) != 2 or tensor.dims[0] % block:
+            continue
+        if uses_external_data(tensor):
+            load_external_data_for_tensor(tensor, str(path.parent))
+        if fit_blocks(numpy_helper.to_array(tensor)[:, :8], bits, block).exact_share < min_share:
+            return False
+        found += 1
+        if found == probes:
+            break
+    return found > 0
