@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-COMMAND = "Walk forward two meters."
+COMMAND = "Walk forward three steps."
 QUESTION = "Why do cats purr?"
 MAX_NEW = 48
 
