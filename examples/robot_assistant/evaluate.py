@@ -93,6 +93,20 @@ def detached_metrics(records: list[dict], texts: list[str]) -> dict[str, Any]:
     }
 
 
+def one_prompt_latency(models: dict[str, Any], records: list[dict]) -> dict[str, Any]:
+    """Seconds for one command alone (no batching), best of 3, per mode: what a device user waits."""
+    prompt = next(r["prompt"] for r in records if r["kind"] == "command")
+    out: dict[str, Any] = {"prompt": prompt}
+    for mode, model in models.items():
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            result = model.chat([{"role": "user", "content": prompt}], max_new_tokens=16, temperature=0.0)
+            times.append(time.perf_counter() - started)
+        out[mode] = {"seconds": round(min(times), 4), "new_tokens": result.new_tokens, "reply": result.text}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=REPO / "shadow_edge" / "exporters" / "demo_adapter")
@@ -128,6 +142,7 @@ def main() -> None:
     report["detached"] = {**detached_metrics(records, texts), "seconds_per_prompt": round(per_prompt, 4)}
 
     attached = shadow_edge.load(bundle, mode="attached", threads=args.threads)
+    report["latency_one_command"] = one_prompt_latency({"detached": detached, "attached": attached}, records)
     commands = rng.sample([r for r in records if r["kind"] == "command"], args.attached_commands)
     got, per_prompt = replies(attached, [r["prompt"] for r in commands], max_new_tokens=16)
     right = [g == r["attached_target"] for r, g in zip(commands, got, strict=True)]
@@ -166,15 +181,15 @@ def print_table(report: dict[str, Any]) -> None:
         ("escalation precision", d["escalation_precision"]),
         ("escalation recall", d["escalation_recall"]),
         ("attached: command accuracy", a["command_accuracy"]),
-        (
-            "attached: answers equal to the base's",
-            share(sum(q["same_as_base"] for q in a["questions"]), len(a["questions"])),
-        ),
+        ("attached: questions answered with ACTION", a["questions_answered_with_action"]),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         shown = f"{value:.1%}" if isinstance(value, float) else str(value)
         print(f"{name:<{width}}  {shown:>7}")
+    latency = report["latency_one_command"]
+    for mode in ("detached", "attached"):
+        print(f"{'one command, ' + mode + ' (s)':<{width}}  {latency[mode]['seconds']:>7}")
     for key, value in d["by_category"].items():
         print(f"  {key:<{width - 2}}  {value['ok']:.1%} of {value['n']}")
     for q in a["questions"]:
