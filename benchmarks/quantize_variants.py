@@ -22,13 +22,12 @@ from quantized_decode import bundle_bytes, measure
 
 VARIANTS: dict[str, dict] = {
     "int4 round-to-nearest (before)": {"to": "int4", "grid": False},
-    "int4 grid-exact (default)": {"to": "int4"},
-    "int4 grid-exact, accuracy level 0": {"to": "int4", "accuracy_level": 0},
+    "int4 grid-exact (default: off-grid int8)": {"to": "int4"},
+    "int4 grid-exact, off-grid int4": {"to": "int4", "off_grid": "int4"},
     "int4 grid-exact + int8 head": {"to": "int4", "quantize_head": "int8"},
-    "int4 grid-exact + int4 head": {"to": "int4", "quantize_head": "int4"},
+    "int4 grid-exact, accuracy level 0": {"to": "int4", "accuracy_level": 0},
     "int8 grid-exact (default)": {"to": "int8"},
     "int8 grid-exact, accuracy level 4": {"to": "int8", "accuracy_level": 4},
-    "int8 grid-exact, accuracy level 4 + int8 head": {"to": "int8", "accuracy_level": 4, "quantize_head": True},
 }
 FIGURES = ("top1_agreement", "mean_kl", "greedy_agreement", "greedy_token_agreement", "perplexity")
 

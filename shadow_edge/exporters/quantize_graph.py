@@ -8,9 +8,9 @@
                   quantized per call (DynamicQuantizeLinear + MatMulInteger)
 Weights that already lie on a block grid (a GGUF base, dequantized) are stored on that grid, exactly
 (quantize_grid.py; grid=False turns it off); the others are rounded to nearest by onnxruntime.
-Measured on the SmolLM2-135M demo bundle (base: dequantized Q4_1; attached; 499 tokens of English;
+Measured on the SmolLM2-135M demo bundle (untrained adapter; base: dequantized Q4_1; attached; 499 tokens;
 top-1 and greedy 8-token agreement with float32; decode speed relative to float32 in the same run,
-2 threads; benchmarks/results/quantize_variants.json):
+2 threads; benchmarks/results/quantize_variants_untrained_adapter.json, before off-grid int8):
     int4 grid-exact, level 4       98.4%   88%   1.69x  (the default)
     int4 grid-exact, level 0       99.6%  100%   1.36x  (weights exact; the adapter is rounded)
     int4 grid-exact + int8 head    97.6%   88%   1.96x  (quantize_head="int8"; detached 2.64x)
