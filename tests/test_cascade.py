@@ -197,9 +197,11 @@ def test_bundle_without_head_is_refused_with_a_hint(tiny_text_export, tmp_path):
 def test_a_quantized_bundle_keeps_the_policy_and_cascades(tiny_text_export, tmp_path):
     from shadow_edge.exporters.quantize import quantize_bundle
 
-    out = quantize_bundle(tiny_text_export.bundle, tmp_path / "q", "int8", check=False).output
-    manifest = shadow_edge.load(out, mode="detached").manifest
+    # --only attached keeps the head graph too (it holds no weights of its own)
+    out = quantize_bundle(tiny_text_export.bundle, tmp_path / "q", "int8", modes=["attached"], check=False).output
+    manifest = shadow_edge.load(out, mode="attached").manifest
     assert manifest.escalation == EscalationPolicy().to_dict()
+    assert sorted(manifest.graphs) == ["backbone", "shadow", "shadow_head"]
     want = shadow_edge.load(out, mode="attached").generate("the cat", **GREEDY).token_ids
     assert load_cascade(out, confidence_threshold=1.5).generate("the cat", **GREEDY).token_ids == want
 

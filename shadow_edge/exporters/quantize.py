@@ -28,6 +28,8 @@ from ..bundle import (
     BASE_LM_GRAPH,
     MANIFEST_FILE,
     MODE_GRAPHS,
+    SHADOW_GRAPH,
+    SHADOW_HEAD_GRAPH,
     GraphSpec,
     Manifest,
     file_entries,
@@ -72,6 +74,8 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
         if mode not in source.modes:
             raise QuantizeError(f"the bundle has no {mode} mode (it has: {', '.join(source.modes)})")
     keep = [g for g in source.graphs if modes is None or any(g in MODE_GRAPHS[m] for m in modes)]
+    if SHADOW_GRAPH in keep and SHADOW_HEAD_GRAPH in source.graphs and SHADOW_HEAD_GRAPH not in keep:
+        keep.append(SHADOW_HEAD_GRAPH)  # no weights of its own: the cascade stays possible
     chosen = keep if graphs is None else list(graphs)
     for name in chosen:
         if name not in keep:
