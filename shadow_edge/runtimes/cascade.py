@@ -31,7 +31,15 @@ from ..bundle import BACKBONE_GRAPH, CASCADE_GRAPHS, SHADOW_GRAPH, SHADOW_HEAD_G
 from ..errors import GenerationError
 from .engine import Engine, Sequences
 from .escalation import Decision, EscalationPolicy, next_token_stats
-from .generate import GenerationConfig, GenerationResult, Response, peak_rss_mb, resolve_max_new_tokens, stream_rows
+from .generate import (
+    GenerationConfig,
+    GenerationResult,
+    Response,
+    collect,
+    peak_rss_mb,
+    resolve_max_new_tokens,
+    stream_rows,
+)
 from .model import ShadowEdgeModel, open_graphs
 from .remote import RemoteChunk, RemoteModel
 from .sessions import GraphRunner
@@ -51,7 +59,8 @@ class CascadeResult(GenerationResult):
 
 class _ShadowFirst:
     """Engine-like (start/forward) detached decoding as shadow graph -> shadow head, which keeps
-    the prompt's shadow states and cache and the stats of every next-token distribution."""
+    the prompt's shadow states and cache and, while `deciding`, the stats of each next-token
+    distribution (a softmax over the vocabulary: not paid once the shadow's answer stands)."""
 
     mode = "detached"
 
@@ -61,7 +70,8 @@ class _ShadowFirst:
         self.model = model
         self.prompt_states: np.ndarray | None = None
         self.prompt_cache: list[np.ndarray] = []
-        self.stats: list[tuple[float, float]] = []  # (top-1 probability, entropy) per forward
+        self.deciding = True
+        self.stats: list[tuple[float, float]] = []  # (top-1 probability, entropy) per forward while deciding
 
     def start(self, batch: int) -> Sequences:
         return Sequences(caches={SHADOW_GRAPH: self.shadow.new_cache(batch)}, mask=np.zeros((batch, 0), np.int64))
@@ -73,7 +83,8 @@ class _ShadowFirst:
         if self.prompt_states is None:
             self.prompt_states, self.prompt_cache = states, list(cache.tensors)
         logits = self.head.head(states[:, -keep:] if keep else states)
-        self.stats.append(next_token_stats(logits[0, -1]))
+        if self.deciding:
+            self.stats.append(next_token_stats(logits[0, -1]))
         return logits
 
 
@@ -197,6 +208,7 @@ class CascadeModel(ShadowEdgeModel):
                 held.append(r)
                 if decision.settled or r.finish_reason is not None:
                     out.served_by = "shadow"
+                    shadow.deciding = False
                     yield from held
         finally:
             responses.close()
@@ -249,22 +261,9 @@ class CascadeModel(ShadowEdgeModel):
             previous = chunk
 
     def _collect(self, stream: CascadeStream) -> CascadeResult:
-        texts = []
-        last = None
-        for last in stream:
-            texts.append(last.text)
-        if last is None:
-            raise GenerationError("the remote sent an empty answer")
+        (result,) = collect(stream, 1, "cascade", self.tokenizer is not None)
         return CascadeResult(
-            mode="cascade",
-            token_ids=stream.token_ids,
-            text="".join(texts) if self.tokenizer is not None else None,
-            prompt_tokens=last.prompt_tokens,
-            new_tokens=last.new_tokens,
-            prefill_s=last.prefill_s,
-            decode_tok_per_s=last.decode_tok_per_s,
-            peak_rss_mb=last.peak_rss_mb,
-            finish_reason=last.finish_reason or "stop",
+            **{**result.to_dict(), "token_ids": stream.token_ids},  # a remote chunk may carry several ids
             escalated=stream.escalated,
             served_by=stream.served_by or "shadow",
             reason=stream.reason,

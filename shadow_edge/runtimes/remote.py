@@ -73,6 +73,15 @@ class RemoteModel:
 
 
 def _events(response: Any, chat: bool) -> Iterator[RemoteChunk]:
+    sent = False
+    for chunk in _chunks(response, chat):
+        sent = True
+        yield chunk
+    if not sent:
+        raise RemoteError("the remote sent an empty answer (no completion chunk)")
+
+
+def _chunks(response: Any, chat: bool) -> Iterator[RemoteChunk]:
     for raw in response:
         line = raw.decode("utf-8").strip()
         if not line.startswith("data:"):
