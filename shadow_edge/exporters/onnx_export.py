@@ -133,6 +133,13 @@ def _as_gemm_transposed(node: onnx.NodeProto, table: str) -> None:
     node.attribute.append(onnx.helper.make_attribute("transB", 1))
 
 
+def _matmul_weights(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.TensorProto]]:
+    """(node, weight) of every MatMul whose second input is a stored 2-D tensor."""
+    by_name = {t.name: t for t in graph.initializer}
+    pairs = [(n, by_name.get(n.input[1])) for n in graph.node if n.op_type == "MatMul" and len(n.input) == 2]
+    return [(node, weight) for node, weight in pairs if weight is not None and len(weight.dims) == 2]
+
+
 def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     used = {name for node in graph.node for name in node.input}
     for tensor in [t for t in graph.initializer if t.name not in used]:
@@ -145,14 +152,12 @@ def tie_transposed_heads(model: onnx.ModelProto) -> int:
     Only MatMul weights shaped like a transposed Gather table are compared, each table read once.
     Returns how many heads were tied."""
     graph = model.graph
-    by_name = {t.name: t for t in graph.initializer}
     gathered = {node.input[0] for node in graph.node if node.op_type == "Gather"}
     tables = {(tuple(t.dims), t.data_type): t for t in graph.initializer if t.name in gathered and len(t.dims) == 2}
     arrays: dict[str, np.ndarray] = {}
     tied = 0
-    for node in graph.node:
-        weight = by_name.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        table = tables.get((tuple(weight.dims)[::-1], weight.data_type)) if weight is not None else None
+    for node, weight in _matmul_weights(graph):
+        table = tables.get((tuple(weight.dims)[::-1], weight.data_type))
         if table is None:
             continue
         if table.name not in arrays:
@@ -168,11 +173,7 @@ def untranspose_head(model: onnx.ModelProto) -> None:
     """A tied shadow_head graph has no Gather to tie to: store its [in, out] MatMul weight back in
     the [vocab, hidden] layout of the embedding table, so the shared weights file keeps one copy."""
     graph = model.graph
-    by_name = {t.name: t for t in graph.initializer}
-    for node in graph.node:
-        weight = by_name.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
-        if weight is None or len(weight.dims) != 2:
-            continue
+    for node, weight in _matmul_weights(graph):
         table = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), weight.name + ".table")
         graph.initializer.append(table)
         _as_gemm_transposed(node, table.name)
