@@ -45,16 +45,37 @@ def test_manifest_describes_graphs_caches_and_files(tiny_exports):
     verify_files(bundle, manifest)  # sizes and sha256 of every file
     assert set(manifest.files) >= {"shadow.onnx", "shadow_lm.onnx", "backbone.onnx", "weights.data"}
     assert (manifest.model.base.num_layers, manifest.model.shadow.num_layers) == (3, 2)
-    assert manifest.model.base.head_dim == 8 and manifest.model.base.num_kv_heads == 2
+    assert manifest.model.base.head_dim == 16 and manifest.model.base.num_kv_heads == 2
     backbone = manifest.graphs["backbone"]
     names = [t.name for t in backbone.inputs]
     assert names[:5] == ["input_ids", "attention_mask", "position_ids", "shadow_states", "num_logits_to_keep"]
     assert names[5:] == manifest.model.base.past_names()
     assert [t.name for t in backbone.outputs] == ["logits", *manifest.model.base.present_names()]
     past = backbone.inputs[5]
-    assert past.shape == ["batch", 2, "past_sequence", 8]
+    assert past.shape == ["batch", 2, "past_sequence", 16]
     assert "transformers" in manifest.created_by and "torch" in manifest.created_by
     assert json.loads(manifest.to_json())["format_version"] == 1
+
+
+def test_fused_builder_states_each_layer_with_fused_ops(tiny_exports):
+    manifest = read_manifest(tiny_exports["llama"].bundle)
+    assert set(manifest.source["graph_builders"].values()) == {"fused"}
+    graph = onnx.load(tiny_exports["llama"].bundle / "backbone.onnx", load_external_data=False).graph
+    ops = [node.op_type for node in graph.node]
+    layers = manifest.model.base.num_layers
+    assert ops.count("GroupQueryAttention") == layers and ops.count("RotaryEmbedding") == 2 * layers
+    assert ops.count("SkipSimplifiedLayerNormalization") == 2 * layers  # residual adds fused in
+    assert len(ops) < 60 + 35 * layers  # the traced backbone had ~200 nodes per layer
+
+
+def test_traced_builder_is_kept_and_matches_the_reference(tmp_path):
+    base = tiny_base(tmp_path / "base", "mistral")
+    ckpt = write_checkpoint(tmp_path / "ckpt", base)
+    manifest = shadow_edge.export(ckpt, tmp_path / "out", base=base, builder="traced").manifest
+    assert_matches_reference(manifest.validation)
+    assert set(manifest.source["graph_builders"].values()) == {"traced"}
+    ops = {n.op_type for n in onnx.load(tmp_path / "out" / "backbone.onnx", load_external_data=False).graph.node}
+    assert "GroupQueryAttention" not in ops
 
 
 def _external(path: Path) -> dict[str, tuple[str, str]]:
@@ -95,6 +116,8 @@ def test_shadow_size_overrides_export_exactly(tmp_path):
     manifest = shadow_edge.export(ckpt, tmp_path / "out", base=base).manifest
     assert_matches_reference(manifest.validation)
     assert (manifest.model.shadow.num_kv_heads, manifest.model.shadow.head_dim) == (1, 12)
+    builders = manifest.source["graph_builders"]  # GroupQueryAttention needs head_dim % 16 == 0
+    assert builders["shadow"].startswith("traced: head_dim 12") and builders["backbone"] == "fused"
 
 
 def test_trained_shadow_head_is_exported(tmp_path):
@@ -168,6 +191,7 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path, tiny_exports):
     data = (good.checkpoint / "shadow_adapter.safetensors").read_bytes()
     (truncated / "shadow_adapter.safetensors").write_bytes(data[: len(data) // 2])
     assert_one_line_error([truncated, "--base", good.base], "not a readable safetensors file", out)
+    assert_one_line_error([good.checkpoint, "--builder", "magic"], "unknown builder 'magic'", out)
 
 
 @pytest.mark.parametrize(

@@ -96,7 +96,7 @@ def test_grid_exact_int4_loses_nothing_where_rounding_loses_a_lot(gguf_like, tmp
     exact, record = base_figures(accuracy_level=0)  # float compute: only the weights can differ
     assert exact["top1_agreement"] == 1.0 and exact["mean_kl"] < 1e-9
     assert record["grid_exact_blocks"] == record["grid_blocks"] > 0 and record["off_grid_matmuls"] == 0
-    assert record["grid_matmuls"] == record["quantized_matmuls"] == 3 * 7  # every projection of 3 layers
+    assert record["grid_matmuls"] == record["quantized_matmuls"] == 3 * 4  # q|k|v, o, gate|up, down of 3 layers
     rounded, record = base_figures(accuracy_level=0, grid=False)
     assert rounded["mean_kl"] > 1e4 * max(exact["mean_kl"], 1e-12) and "grid_matmuls" not in record
     fast, _ = base_figures()  # accuracy level 4: int8 activations cost a little, nothing like rounding
@@ -124,8 +124,8 @@ def test_beside_a_grid_base_the_off_grid_adapter_is_rounded_at_8_bits(gguf_like,
     manifest = quantize_bundle(gguf_like, tmp_path / "auto", "int4", block_size=BLOCK, check=False).manifest
     backbone = manifest.graphs["backbone"].quantization
     # injection and update MLPs (random) lie on no grid; the base's projections do
-    assert backbone["off_grid"] == "int8" and backbone["grid_matmuls"] == 3 * 7 and backbone["off_grid_matmuls"] > 0
-    assert bits_of(tmp_path / "auto", "backbone") == {4: 3 * 7, 8: backbone["off_grid_matmuls"]}
+    assert backbone["off_grid"] == "int8" and backbone["grid_matmuls"] == 3 * 4 and backbone["off_grid_matmuls"] > 0
+    assert bits_of(tmp_path / "auto", "backbone") == {4: 3 * 4, 8: backbone["off_grid_matmuls"]}
     assert set(bits_of(tmp_path / "auto", "shadow")) == {8}  # the random shadow layers: all off the grid
     quantize_bundle(gguf_like, tmp_path / "int4", "int4", block_size=BLOCK, off_grid="int4", check=False)
     assert set(bits_of(tmp_path / "int4", "backbone")) == {4}

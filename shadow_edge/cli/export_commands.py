@@ -21,7 +21,10 @@ def export(
     shadow: Annotated[
         Path | None, typer.Option(help="explicit shadow config folder (default: CHECKPOINT/shadow_model)")
     ] = None,
-    opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset")] = 17,
+    opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset of traced graphs")] = 17,
+    builder: Annotated[
+        str, typer.Option(help="fused (onnxruntime's fused ops, written from the weights) or traced (torch.onnx)")
+    ] = "fused",
     force: Annotated[bool, typer.Option("--force", help="replace an existing OUTPUT")] = False,
     validate: Annotated[bool, typer.Option("--validate/--no-validate", help="compare with PyTorch")] = True,
     tolerance: Annotated[float, typer.Option(min=0.0, help="max |logit diff| allowed by validation")] = 1e-3,
@@ -44,11 +47,11 @@ def export(
 
     labels = {
         "load": "loading checkpoint and base model",
-        "shadow": "tracing shadow graph",
-        "shadow_lm": "tracing detached shadow graph",
-        "shadow_head": "tracing shadow head graph",
-        "backbone": "tracing backbone graph",
-        "base_lm": "tracing base graph",
+        "shadow": "writing shadow graph",
+        "shadow_lm": "writing detached shadow graph",
+        "shadow_head": "writing shadow head graph",
+        "backbone": "writing backbone graph",
+        "base_lm": "writing base graph",
         "tokenizer": "copying tokenizer",
         "validate": "validating against PyTorch",
         "finish": "writing manifest",
@@ -88,6 +91,7 @@ def export(
             with_base=with_base,
             mobile=mobile,
             escalation=_escalation(marker=escalation_marker, confidence_threshold=confidence_threshold),
+            builder=builder,
             progress=advance,
         )
     if as_json:

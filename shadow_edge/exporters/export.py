@@ -35,7 +35,7 @@ from ..bundle import (
 from ..errors import ExportError
 from ..runtimes.escalation import EscalationPolicy
 from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .onnx_export import DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
+from .onnx_export import BUILDERS, DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
 from .staging import staging
 from .validate import DEFAULT_TOLERANCE, validate_bundle
 
@@ -173,10 +173,14 @@ def export(
     with_base: bool = False,
     mobile: bool = False,
     escalation: dict[str, Any] | None = None,
+    builder: str = "fused",
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring.
-    escalation: the cascade policy defaults written to the manifest (EscalationPolicy fields)."""
+    escalation: the cascade policy defaults written to the manifest (EscalationPolicy fields).
+    builder: "fused" (onnx_build.py, onnxruntime's fused ops) or "traced" (torch.onnx)."""
+    if builder not in BUILDERS:
+        raise ExportError(f"unknown builder {builder!r}: use one of {', '.join(BUILDERS)}")
     policy = EscalationPolicy.from_dict(escalation or {}).to_dict()  # checked before any work
     started = time.perf_counter()
     output = Path(output)
@@ -186,7 +190,7 @@ def export(
         notify("load")
         names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH)
         names += (BASE_LM_GRAPH,) if with_base else ()
-        graph_io, weights = export_graphs(loaded, folder, names, opset=opset, on_graph=notify)
+        graph_io, weights = export_graphs(loaded, folder, names, opset=opset, on_graph=notify, builder=builder)
         embedding = _embedding_notes(loaded, weights)
         graphs = {
             name: GraphSpec(
@@ -197,7 +201,7 @@ def export(
                 embedding=embedding[name],
                 weight_bytes_per_token=per_token,
             )
-            for name, (file, inputs, outputs, per_token) in graph_io.items()
+            for name, (file, inputs, outputs, per_token, _) in graph_io.items()
         }
         tokenizer = _save_tokenizer(loaded, folder)
         notify("tokenizer")
@@ -236,6 +240,7 @@ def export(
                 "explicit_shadow": loaded.explicit_shadow,
                 "shadow_shares_base_embeddings": loaded.shares_base_embeddings,
                 "trained_heads": loaded.trained_heads,
+                "graph_builders": {name: io[4] for name, io in graph_io.items()},
             },
             created_by=_versions(),
             validation=validation,

@@ -73,7 +73,7 @@ class _TensorCache:
         return key, value
 
 
-def _sliding_window(config: Any, layer_idx: int) -> int | None:
+def sliding_window(config: Any, layer_idx: int) -> int | None:
     """The attention window of one layer, as transformers applies it (None = full attention)."""
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
@@ -100,7 +100,7 @@ class _DecoderStack:
         self.backbone = backbone
         # shadow-peft wraps each base layer to inject/update; we state those steps explicitly
         self.layers = [getattr(layer, "layer", layer) for layer in backbone.layers]
-        self.windows = [_sliding_window(backbone.config, i) for i in range(len(self.layers))]
+        self.windows = [sliding_window(backbone.config, i) for i in range(len(self.layers))]
 
     def prepare(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         masks = {w: attention_bias(attention_mask, hidden.shape[1], w) for w in set(self.windows)}

@@ -38,6 +38,7 @@ from .graphs import (
     shadow_graph,
     shadow_lm_graph,
 )
+from .onnx_build import build_graph, supported
 from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
 
 DEFAULT_OPSET = 17
@@ -189,12 +190,39 @@ GRAPH_MODULES = {
 }
 
 
+BUILDERS = ("fused", "traced")
+
+
+def _traced(loaded, kind: str, cache: CacheSpec, hidden: int, opset: int) -> onnx.ModelProto:
+    configs = [loaded.base_model.config, loaded.peft.shadow_model.config]
+    module = GRAPH_MODULES[kind](loaded)
+    with attention_implementation(configs, GROUPED_ATTENTION):
+        model = trace_graph(module, kind, cache, hidden, opset)
+    if kind != SHADOW_HEAD_GRAPH:
+        tie_transposed_heads(model)
+    elif module.tied:  # else its MatMul weight is stored like shadow_lm's, and shared with it
+        untranspose_head(model)
+    return model
+
+
+def graph_builder(loaded, kind: str, builder: str) -> str:
+    """ "fused" when asked for and onnx_build can state the graph's decoder, else "traced: why"."""
+    if builder != "fused" or kind == SHADOW_HEAD_GRAPH:
+        return builder
+    decoder = loaded.base_model.model if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else loaded.peft.shadow_model
+    reason = supported(decoder)
+    return f"traced: {reason}" if reason else "fused"
+
+
 def export_graphs(
-    loaded, folder: Path, names: tuple[str, ...], opset: int = DEFAULT_OPSET, on_graph=None
+    loaded, folder: Path, names: tuple[str, ...], opset: int = DEFAULT_OPSET, on_graph=None, builder: str = "fused"
 ) -> tuple[dict, SharedWeights]:
     """Write {name}.onnx for each named graph, and weights.data, into folder.
 
-    Returns ({graph: (file, inputs, outputs, weight bytes per token)}, the shared weights record)."""
+    builder: "fused" writes the graphs from the weights with onnxruntime's fused ops (onnx_build.py;
+    falls back to tracing for decoders it cannot state), "traced" traces the torch modules.
+    Returns ({graph: (file, inputs, outputs, weight bytes per token, builder used)}, the shared
+    weights record)."""
     base_cache = cache_spec(loaded.base_model.config)
     shadow_cache = cache_spec(loaded.peft.shadow_model.config)
     hidden = int(loaded.base_model.config.hidden_size)
@@ -202,14 +230,11 @@ def export_graphs(
     graphs = {}
     for kind in names:
         cache = base_cache if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else shadow_cache
-        configs = [loaded.base_model.config, loaded.peft.shadow_model.config]
-        module = GRAPH_MODULES[kind](loaded)
-        with attention_implementation(configs, GROUPED_ATTENTION):
-            model = trace_graph(module, kind, cache, hidden, opset)
-        if kind != SHADOW_HEAD_GRAPH:
-            tie_transposed_heads(model)
-        elif module.tied:  # else its MatMul weight is stored like shadow_lm's, and shared with it
-            untranspose_head(model)
+        used = graph_builder(loaded, kind, builder)
+        if used == "fused":
+            model = build_graph(loaded, kind, cache)
+        else:
+            model = _traced(loaded, kind, cache, hidden, opset)
         weights.externalize(kind, model)
         file = f"{kind}.onnx"
         onnx.save_model(model, folder / file)
@@ -218,6 +243,7 @@ def export_graphs(
             tensor_specs(list(model.graph.input)),
             tensor_specs(list(model.graph.output)),
             weight_bytes_per_token(model),
+            used,
         )
         if on_graph is not None:
             on_graph(kind)
