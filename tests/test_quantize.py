@@ -36,9 +36,11 @@ def _external(graph: onnx.GraphProto) -> dict[str, tuple[str, ...]]:
     }
 
 
-@pytest.mark.parametrize(("arch", "to"), [("llama", "int4"), ("qwen2", "int8")], ids=["tied-int4", "untied-int8"])
-def test_heads_and_embedding_stay_fp32_and_the_manifest_says_so(tiny_exports, tmp_path, arch, to):
-    manifest = quantize_bundle(tiny_exports[arch].bundle, tmp_path / "q", to, check=False).manifest
+@pytest.mark.parametrize(
+    ("arch", "to", "head"), [("llama", "int4", "float32"), ("qwen2", "int8", "auto")], ids=["tied-int4", "untied-int8"]
+)
+def test_heads_and_embedding_stay_fp32_and_the_manifest_says_so(tiny_exports, tmp_path, arch, to, head):
+    manifest = quantize_bundle(tiny_exports[arch].bundle, tmp_path / "q", to, quantize_head=head, check=False).manifest
     for name in ("shadow_lm", "backbone"):
         graph = _graph(tmp_path / "q", name)
         ops = Counter(n.op_type for n in graph.node)
@@ -55,11 +57,14 @@ def test_heads_and_embedding_stay_fp32_and_the_manifest_says_so(tiny_exports, tm
     verify_files(tmp_path / "q", manifest)
 
 
-def test_quantize_head_quantizes_the_tied_head_but_not_the_gather(tiny_exports, tmp_path):
-    manifest = quantize_bundle(tiny_exports["llama"].bundle, tmp_path / "q", "int4", quantize_head=True, check=False)
+@pytest.mark.parametrize(("head", "bits"), [("auto", 8), (True, 4)], ids=["int4-default-int8-head", "int4-head"])
+def test_quantize_head_quantizes_the_tied_head_but_not_the_gather(tiny_exports, tmp_path, head, bits):
+    manifest = quantize_bundle(tiny_exports["llama"].bundle, tmp_path / "q", "int4", quantize_head=head, check=False)
     graph = _graph(tmp_path / "q", "backbone")
     (head,) = head_nodes(graph, ops=("MatMul", "Gemm", "MatMulNBits"))
-    assert head.op_type == "MatMulNBits"
+    assert head.op_type == "MatMulNBits" and {a.name: a.i for a in head.attribute}["bits"] == bits
+    assert manifest.manifest.graphs["backbone"].quantization["head"] == f"int{bits}"
+    # the random table lies on no grid: it stays a float32 Gather
     gather = next(n for n in graph.node if n.op_type == "Gather" and "embed" in n.input[0])
     assert _weight_type(graph, gather.input[0]) == TensorProto.FLOAT
     assert manifest.manifest.graphs["backbone"].quantization["excluded"] == []
@@ -179,15 +184,19 @@ def test_smollm2_int8_meets_the_fidelity_targets(smollm2_int8):
 
 
 @pytest.mark.slow
-def test_smollm2_int4_is_under_045x_and_keeps_the_head_fp32(smollm2_export, smollm2_int4):
+def test_smollm2_int4_is_under_025x_with_exact_int8_head_and_embedding(smollm2_export, smollm2_int4):
     def size(bundle: Path) -> int:
         m = read_manifest(bundle)
         return sum(f.size for name, f in m.files.items() if name not in m.mobile.get("files", []))
 
-    assert size(smollm2_int4) <= 0.45 * size(smollm2_export.bundle)
+    # the Q8_0 token_embd is the int8 head and the embedding at once: the float32 table is gone
+    assert size(smollm2_int4) <= 0.25 * size(smollm2_export.bundle)
     graph = _graph(smollm2_int4, "backbone")
-    (head,) = head_nodes(graph)
-    assert head.op_type == "Gemm" and _weight_type(graph, head.input[1]) == TensorProto.FLOAT
+    (head,) = head_nodes(graph, ops=("MatMulNBits",))
+    assert {a.name: a.i for a in head.attribute}["bits"] == 8
+    tables = {t.name for t in graph.initializer}
+    assert not [n for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
+    assert [n.op_type for n in graph.node].count("GatherBlockQuantized") == 1
     manifest = read_manifest(smollm2_int4)
     assert manifest.fidelity["passed"], manifest.fidelity["failures"]
     attached = manifest.fidelity["modes"]["attached"]
@@ -196,4 +205,6 @@ def test_smollm2_int4_is_under_045x_and_keeps_the_head_fp32(smollm2_export, smol
     assert attached["top1_agreement"] >= 0.95 and attached["mean_kl"] < 0.01 and attached["greedy_agreement"] >= 0.75
     assert np.isfinite(attached["perplexity"])
     record = manifest.graphs["backbone"].quantization
-    assert record["grid_matmuls"] == 30 * 4 and record["grid_exact_blocks"] == record["grid_blocks"]
+    # q|k|v, o, gate|up, down of 30 layers, and the head: every block on its grid
+    assert record["grid_matmuls"] == 30 * 4 + 1 and record["grid_exact_blocks"] == record["grid_blocks"]
+    assert record["embedding_on_grid"] == [{"table": "embed_tokens.weight", "bits": 8}]

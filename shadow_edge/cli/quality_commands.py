@@ -34,8 +34,8 @@ def quantize(
     to: Annotated[str, typer.Option(help="int8 or int4 (MatMulNBits), or int8-dynamic (quantize_dynamic)")] = "int4",
     block_size: Annotated[int, typer.Option(help="MatMulNBits block size along K (16..256, power of 2)")] = 32,
     quantize_head: Annotated[
-        str | None, typer.Option(help="also quantize the lm_head(s): int8 or int4 (default: kept float32)")
-    ] = None,
+        str, typer.Option(help="lm_head precision: auto (int8 under int4, else float32), float32, int8, int4")
+    ] = "auto",
     accuracy_level: Annotated[
         int | None, typer.Option(help="MatMulNBits compute: 0 (int8 default, exact) .. 4 (int4 default, fast)")
     ] = None,
@@ -68,7 +68,7 @@ def quantize(
             output,
             to,
             block_size=block_size,
-            quantize_head=quantize_head or False,
+            quantize_head=quantize_head,
             accuracy_level=accuracy_level,
             grid=grid,
             off_grid=off_grid,

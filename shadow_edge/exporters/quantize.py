@@ -122,7 +122,7 @@ def quantize_bundle(
     *,
     block_size: int = 32,
     symmetric: bool = True,
-    quantize_head: bool | str = False,
+    quantize_head: bool | str = "auto",
     accuracy_level: int | None = None,
     grid: bool = True,
     off_grid: str | None = "auto",
@@ -140,12 +140,14 @@ def quantize_bundle(
     """Write a quantized copy of `bundle` to `output`.
 
     to: "int8" or "int4" (MatMulNBits: block_size, symmetric) or "int8-dynamic" (quantize_dynamic).
-    quantize_head: also the lm_head / shadow head (kept float32 by default): True at `to`, or
-    "int8" / "int4". grid: weights that lie on a block grid (a GGUF base) are stored on it exactly
-    (quantize_grid.py); False rounds them like any other. off_grid: the precision of the weights on no
+    quantize_head: the lm_head / shadow head's precision: "auto" (int8 under an int4 body, a
+    precision above the body's; float32 otherwise), False / "float32", True (at `to`), "int8",
+    "int4". grid: weights that lie on a block grid (a GGUF base) are stored on it exactly
+    (quantize_grid.py), and an embedding table on a symmetric grid is read on it once no float32
+    head needs it; False rounds them like any other. off_grid: the precision of the weights on no
     grid ("auto": int8 when int4 re-quantizes a grid base, where they are the adapter and a trained
-    shadow: a few MB that int4 rounding hurts most; else `to`). accuracy_level:
-    MatMulNBits compute (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
+    shadow: a few MB that int4 rounding hurts most; else `to`). accuracy_level: MatMulNBits compute
+    (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
     quantize (default all; the others are copied float32). modes: the modes the output keeps
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
     the source and store the figures in manifest.fidelity; under FLOORS a warning, or with
@@ -155,6 +157,8 @@ def quantize_bundle(
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
     source = read_manifest(source_root)
+    if quantize_head == "auto":
+        quantize_head = "int8" if to == "int4" else False
     if off_grid == "auto":
         off_grid = "int8" if to == "int4" and grid and _base_on_grid(source_root, source, block_size) else None
     settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level, grid, off_grid)

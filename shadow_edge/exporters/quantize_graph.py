@@ -21,12 +21,14 @@ top-1 and greedy 8-token agreement with float32; decode speed relative to float3
 Level 4's int8 activations are what costs the grid-exact int4 its last 1.6%. Hence int8 is
 block-wise MatMulNBits and quantize_dynamic stays available by name only.
 
-The lm_head / shadow head (every MatMul or Gemm whose output reaches `logits`) stays float32 by
-default: its errors land directly on the next-token distribution. quantize_head="int8" / "int4"
-(True: at the body's precision) quantizes it too, with the body's accuracy level; a head tied to the
-embedding table (Gemm transB=1 on the Gather's table) is first untied into its own transposed copy,
-so that the embedding Gather keeps reading float32 rows. Gather is never quantized. Works on
-in-memory models; knows nothing about bundles or files.
+The lm_head / shadow head (every MatMul or Gemm whose output reaches `logits`) stays float32
+unless settings.quantize_head says otherwise (quantize.py's "auto": int8 under an int4 body, where
+SmolLM2's Q8_0 table makes it grid-exact): its errors land directly on the next-token distribution.
+A head tied to the embedding table (Gemm transB=1 on the Gather's table) is first untied into its own
+transposed copy; once nothing reads the float32 table but Gathers, a table on a symmetric grid is
+read by GatherBlockQuantized on that grid (the head's own bytes: the float32 table leaves the
+bundle), others stay float32 Gathers. Works on in-memory models; knows nothing about bundles or
+files.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from typing import Any
 import onnx
 from onnx import numpy_helper
 
-from .quantize_grid import GridReport, quantize_on_grid
+from .quantize_grid import GridReport, embeddings_on_grid, quantize_on_grid
 
 PRECISIONS = ("int8", "int4", "int8-dynamic")
 LOGITS = "logits"
@@ -98,14 +100,17 @@ class GraphQuantization:
     quantized: int  # MatMul nodes now quantized
     excluded: list[dict[str, str]] = field(default_factory=list)
     grid: GridReport = field(default_factory=GridReport)
+    embeddings: list[dict[str, Any]] = field(default_factory=list)  # tables now read on their grid
 
     def record(self, settings: QuantizeSettings) -> dict[str, Any]:
         return {
             **settings.record(),
             "quantized_matmuls": self.quantized,
             **(self.grid.record() if settings.grid and settings.to in _BITS else {}),
+            **({"embedding_on_grid": self.embeddings} if self.embeddings else {}),
             "excluded": self.excluded,
-            "kept_float32": "embedding Gather, attention and other non-constant MatMuls, norms"
+            "kept_float32": ("" if self.embeddings else "embedding Gather, ")
+            + "attention and other non-constant MatMuls, norms"
             + ("" if settings.head else ", lm_head"),
         }
 
@@ -247,6 +252,9 @@ def quantize_model(model: onnx.ModelProto, settings: QuantizeSettings) -> tuple[
             model = _dynamic(model, names)
         else:
             model, grid = _weight_only(model, heads, settings)
+    # a table on its own grid that only Gathers still read (the head, if tied, is quantized now)
+    embeddings = embeddings_on_grid(model.graph, settings.block_size) if settings.grid else []
     ops = Counter(node.op_type for node in model.graph.node)
     count = ops[_QUANTIZED_OPS[settings.to]]
-    return model, GraphQuantization(settings.to if count else "float32", count, excluded, grid)  # a lone head: none
+    precision = settings.to if count or embeddings else "float32"  # a lone float32 head: none
+    return model, GraphQuantization(precision, count, excluded, grid, embeddings)

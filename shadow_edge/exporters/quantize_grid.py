@@ -228,3 +228,62 @@ def graph_on_grid(path: Path, bits: int, block: int, min_share: float, probes: i
         if found == probes:
             break
     return found > 0
+
+
+def _symmetric_fit(table: np.ndarray, bits: int, block: int) -> BlockFit | None:
+    """The fit of table [rows, dim] (blocks along dim) when every block lies on a symmetric grid."""
+    for rows in (table[:64], table):  # a sample first: most tables lie on no grid
+        fit = fit_blocks(rows.T, bits, block)
+        if not fit.exact.all() or fit.offsets.any():
+            return None
+    return fit
+
+
+def embeddings_on_grid(graph: onnx.GraphProto, block: int) -> list[dict[str, int | str]]:
+    """Gather(E, ids) -> GatherBlockQuantized on E's own grid, for float32 tables E [vocab, dim] that
+    lie exactly on a symmetric 4- or 8-bit block grid (a GGUF Q8_0 token_embd, dequantized) and that
+    no other node still reads in float32 (a head left float32 keeps its table). The packed bytes are
+    those of the head's MatMulNBits on the same grid, so the bundle stores them once. Returns what
+    was replaced: [{"table", "bits"}]."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    tables = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
+    done, added = [], []
+    for name, tensor in tables.items():
+        nodes = readers.get(name, [])
+        if not nodes or any(n.op_type != "Gather" or list(n.input).index(name) != 0 for n in nodes):
+            continue
+        if tensor.dims[1] % block:
+            continue
+        table = numpy_helper.to_array(tensor)
+        fit = next((f for bits in (4, 8) if (f := _symmetric_fit(table, bits, block))), None)
+        if fit is None:
+            continue
+        data = numpy_helper.from_array(fit.packed(), f"{name}.q{fit.bits}")
+        scales = numpy_helper.from_array(fit.scales, f"{name}.scales{fit.bits}")
+        shape = numpy_helper.from_array(np.array([tensor.dims[0], -1], np.int64), f"{name}.rows")
+        added += [data, scales, shape]
+        rows = onnx.helper.make_node("Reshape", [data.name, shape.name], [f"{name}.rows_q"], name=f"{name}.rows")
+        for node in nodes:
+            gather = onnx.helper.make_node(
+                "GatherBlockQuantized",
+                [rows.output[0], node.input[1], scales.name],  # no zero points: the implicit 2^(bits-1)
+                list(node.output),
+                name=node.name,
+                domain="com.microsoft",
+                bits=fit.bits,
+                block_size=block,
+                gather_axis=0,
+                quantize_axis=1,
+            )
+            node.CopyFrom(gather)
+        graph.node.insert(0, rows)
+        done.append({"table": name, "bits": fit.bits})
+    if done:
+        graph.initializer.extend(added)
+        kept = [t for t in graph.initializer if t.name not in {d["table"] for d in done}]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return done

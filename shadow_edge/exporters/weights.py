@@ -76,19 +76,26 @@ class SharedWeights:
 
 def weight_bytes_per_token(model: onnx.ModelProto) -> int:
     """Bytes of weights one decode step reads: all initializers, except that a table read only by
-    Gather (an embedding) costs one row per token."""
+    Gather or GatherBlockQuantized (an embedding; the latter's data through a Reshape, and its
+    scales) costs one row per token."""
     graph = model.graph
-    consumers: dict[str, list[tuple[str, int]]] = {}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
         for slot, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node.op_type, slot))
+            consumers.setdefault(name, []).append((node, slot))
+
+    def row_read(node: onnx.NodeProto, slot: int) -> bool:
+        if node.op_type == "Reshape" and slot == 0:
+            return all(row_read(*use) for use in consumers.get(node.output[0], [])) and node.output[0] in consumers
+        return (node.op_type, slot) in {("Gather", 0), ("GatherBlockQuantized", 0), ("GatherBlockQuantized", 2)}
+
     total = 0
     for tensor in graph.initializer:
         dims = list(tensor.dims)
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
         count = int(np.prod(dims)) if dims else 1
         uses = consumers.get(tensor.name, [])
-        if uses and all(use == ("Gather", 0) for use in uses) and len(dims) >= 2:
+        if uses and all(row_read(*use) for use in uses) and len(dims) >= 2:
             count //= dims[0]
         total += count * itemsize
     return total
