@@ -25,6 +25,7 @@ VARIANTS: dict[str, dict] = {
     "int4 (default: grid-exact, int8 head, off-grid int8)": {"to": "int4"},
     "int4 grid-exact, fp32 head": {"to": "int4", "quantize_head": False},
     "int4 grid-exact, off-grid int4": {"to": "int4", "off_grid": "int4"},
+    "int4 grid-exact, off-grid float32": {"to": "int4", "off_grid": "float32"},
     "int4 grid-exact, accuracy level 0": {"to": "int4", "accuracy_level": 0},
     "int8 grid-exact (default)": {"to": "int8"},
     "int8 grid-exact, accuracy level 4": {"to": "int8", "accuracy_level": 4},

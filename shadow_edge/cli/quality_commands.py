@@ -43,7 +43,7 @@ def quantize(
         bool, typer.Option("--grid/--no-grid", help="keep weights that lie on a block grid (GGUF) exactly")
     ] = True,
     off_grid: Annotated[
-        str, typer.Option(help="precision of weights on no grid: auto (int8 beside a GGUF base's int4), int8, int4")
+        str, typer.Option(help="weights on no grid: auto (int8 beside a GGUF base's int4), float32, int8, int4")
     ] = "auto",
     only: Annotated[list[str] | None, typer.Option(help="keep only this mode (repeatable), e.g. detached")] = None,
     graph: Annotated[list[str] | None, typer.Option(help="quantize only this graph (repeatable)")] = None,

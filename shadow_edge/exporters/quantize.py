@@ -66,8 +66,10 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
         raise QuantizeError(f"block size {settings.block_size} is not supported: choose one of {BLOCK_SIZES}")
     if settings.to != "int8-dynamic" and settings.head not in (None, "int8", "int4"):
         raise QuantizeError(f"cannot quantize the head to {settings.head!r}: choose int8 or int4")
-    if settings.off_grid not in (None, "int8", "int4"):
-        raise QuantizeError(f"cannot quantize the off-grid weights to {settings.off_grid!r}: choose int8 or int4")
+    if settings.off_grid not in (None, "float32", "int8", "int4"):
+        raise QuantizeError(
+            f"cannot quantize the off-grid weights to {settings.off_grid!r}: choose float32, int8 or int4"
+        )
     if settings.accuracy not in (None, *ACCURACY_LEVELS):
         raise QuantizeError(f"accuracy level {settings.accuracy} is not one of {ACCURACY_LEVELS}")
     for mode in modes or ():

@@ -226,7 +226,9 @@ def _weight_only(
         if report.matmuls and not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     left = {n.name for n in graph.node if n.op_type == "MatMul"} & set(bits)  # not the grid's corrections
-    if settings.off_grid:
+    if settings.off_grid == "float32":  # kept exact
+        left = {name for name in left if name in heads}
+    elif settings.off_grid:
         bits.update({name: _BITS[settings.off_grid] for name in left if name not in heads})
     for nbits in sorted(set(bits.values())):  # the head may have other bits than the body
         names = {name for name in left if bits[name] == nbits}
