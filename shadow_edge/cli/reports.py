@@ -24,14 +24,16 @@ def print_manifest(bundle: Path) -> None:
     for name, spec in (("base", model.base), ("shadow", model.shadow)):
         caches.add_row(name, str(spec.num_layers), str(spec.num_kv_heads), str(spec.head_dim), str(spec.hidden_size))
     console.print(caches)
-    graphs = Table("graph", "file", "precision", "inputs", "outputs", "weights", title="Graphs")
+    graphs = Table("graph", "file", "built", "precision", "inputs", "outputs", "weights", title="Graphs")
     per_graph = m.source.get("weights", {}).get("bytes_per_graph", {})
+    builders = m.source.get("graph_builders", {})  # bundles before 0.2 were traced
     for name, g in m.graphs.items():
         cached = any(t.name.startswith("past_key_values") for t in g.inputs)
         ins = ", ".join(t.name for t in g.inputs if not t.name.startswith("past_key_values"))
         outs = ", ".join(t.name for t in g.outputs if not t.name.startswith("present"))
         ins, outs = (ins + ", past_key_values.*", outs + ", present.*") if cached else (ins, outs)
-        graphs.add_row(name, g.file, g.precision, ins, outs, human_bytes(per_graph.get(name, 0)))
+        built = builders.get(name, "traced")
+        graphs.add_row(name, g.file, built, g.precision, ins, outs, human_bytes(per_graph.get(name, 0)))
     console.print(graphs)
     files = Table("file", "size", "sha256", title=f"Files ({human_bytes(sum(f.size for f in m.files.values()))})")
     for name, f in m.files.items():

@@ -8,18 +8,20 @@
                   quantized per call (DynamicQuantizeLinear + MatMulInteger)
 Weights that already lie on a block grid (a GGUF base, dequantized) are stored on that grid, exactly
 (quantize_grid.py; grid=False turns it off); the others are rounded to nearest by onnxruntime.
-Measured on the SmolLM2-135M demo bundle (untrained adapter; base: dequantized Q4_1; attached; 499 tokens;
-top-1 and greedy 8-token agreement with float32; decode speed relative to float32 in the same run,
-2 threads; benchmarks/results/quantize_variants_untrained_adapter.json, before off-grid int8):
-    int4 grid-exact, level 4       98.4%   88%   1.69x  (the default)
-    int4 grid-exact, level 0       99.6%  100%   1.36x  (weights exact; the adapter is rounded)
-    int4 grid-exact + int8 head    97.6%   88%   1.96x  (quantize_head="int8"; detached 2.64x)
-    int4 rounded (grid=False)      68.3%    0%   1.88x  (a second grid over the Q4_1 one)
-    int8 grid-exact, level 0      100.0%  100%   0.18x  (level 0 at 8 bits is a slow reference path)
-    int8 grid-exact, level 4       96.8%  100%   1.52x
+Measured on the SmolLM2-135M demo bundle (trained robot adapter; base: dequantized Q4_1, Q8_0 table;
+fused graphs; attached; 499 tokens; top-1 and greedy 8-token agreement with float32; decode speed
+after a 32-token prompt relative to float32 in the same run, 2 threads;
+benchmarks/results/quantize_variants.json):
+    int4 grid-exact, int8 head     97.2%   88%   2.15x  (the default; detached 3.8x)
+    int4 grid-exact, fp32 head     97.0%   75%   1.70x  (detached 1.1x: the 113 MB head)
+    int4 grid-exact, level 0       99.8%  100%   0.19x  (exact, but 8-bit level 0 is a slow path)
+    int4 rounded (grid=False)      72.1%    0%   2.07x  (a second grid over the Q4_1 one)
+    int8 grid-exact, level 0       99.8%  100%   0.15x  (the default: exact, slow)
+    int8 grid-exact, level 4       98.0%   88%   1.50x  (96.8% on the untrained adapter)
     int8-dynamic                   52.9% (59.5% per channel), measured before the grid
-Level 4's int8 activations are what costs the grid-exact int4 its last 1.6%. Hence int8 is
-block-wise MatMulNBits and quantize_dynamic stays available by name only.
+Level 4's int8 activations are what costs the grid-exact int4 its last 2-3%; at 8 bits onnxruntime
+1.32 is fast only at level 4, whose top-1 hovers around the 97% floor, so int8 stays exact by
+default. Hence int8 is block-wise MatMulNBits and quantize_dynamic stays available by name only.
 
 The lm_head / shadow head (every MatMul or Gemm whose output reaches `logits`) stays float32
 unless settings.quantize_head says otherwise (quantize.py's "auto": int8 under an int4 body, where
