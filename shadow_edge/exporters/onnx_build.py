@@ -105,6 +105,20 @@ class GraphBuilder:
         return model
 
 
+def _rotary_tables(decoder: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """RotaryEmbedding's cos/sin caches [max_positions, head_dim / 2] from the decoder's own rotary
+    module (any static rope scaling included), or None when its tables are not in the rotate_half
+    layout (both halves equal)."""
+    positions = torch.arange(int(decoder.config.max_position_embeddings))[None]
+    with torch.no_grad():
+        cos, sin = decoder.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
+    cos, sin = _array(cos[0]), _array(sin[0])
+    half = cos.shape[-1] // 2
+    if not (np.array_equal(cos[:, :half], cos[:, half:]) and np.array_equal(sin[:, :half], sin[:, half:])):
+        return None
+    return cos[:, :half], sin[:, :half]
+
+
 def supported(decoder: Any) -> str | None:
     """None when this builder can state the HF decoder backbone exactly; else the reason."""
     config = decoder.config
@@ -122,6 +136,8 @@ def supported(decoder: Any) -> str | None:
     head_dim = getattr(first, "layer", first).self_attn.head_dim
     if head_dim % 16:
         return f"head_dim {head_dim} (onnxruntime's GroupQueryAttention needs a multiple of 16)"
+    if _rotary_tables(decoder) is None:
+        return "rotary tables not in the rotate_half layout"
     return None
 
 
@@ -164,15 +180,9 @@ class _Decoder:
                 allowed = b.op("And", [allowed, b.op("Greater", [key_pos, low])])
             allowed = b.op("And", [real, allowed])  # [batch, 1, seq, total]
             self.masks[window] = b.op("Where", [allowed, b.scalar(0.0, np.float32), b.scalar(_MASKED, np.float32)])
-        positions = torch.arange(int(self.config.max_position_embeddings))[None]
-        with torch.no_grad():
-            cos, sin = self.backbone.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
-        half = self.head_dim // 2
-        cos, sin = _array(cos[0]), _array(sin[0])
-        if not (np.array_equal(cos[:, :half], cos[:, half:]) and np.array_equal(sin[:, :half], sin[:, half:])):
-            raise ValueError("rotary tables are not in the rotate_half layout")
-        self.cos = b.weight(f"{self.prefix}.rotary.cos", cos[:, :half])
-        self.sin = b.weight(f"{self.prefix}.rotary.sin", sin[:, :half])
+        cos, sin = _rotary_tables(self.backbone)
+        self.cos = b.weight(f"{self.prefix}.rotary.cos", cos)
+        self.sin = b.weight(f"{self.prefix}.rotary.sin", sin)
 
     # ---- per layer ----------------------------------------------------------------------------
     def linear(self, x: str, modules: list[Any], name: str) -> str:
