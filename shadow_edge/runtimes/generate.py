@@ -250,6 +250,7 @@ def _responses(steps: Iterator[np.ndarray], rows: list[_Row], max_new: int) -> I
                 prefill_s = now - started
             decode_s = now - started - prefill_s
             rate = step / decode_s if decode_s > 0 else 0.0
+            rss = peak_rss_mb()  # once a step: reading /proc is ~20 us, 2% of a detached int4 token
             for index, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
                 if row.finish_reason is not None:
                     continue
@@ -262,7 +263,7 @@ def _responses(steps: Iterator[np.ndarray], rows: list[_Row], max_new: int) -> I
                     new_tokens=row.new_tokens,
                     prefill_s=prefill_s,
                     decode_tok_per_s=rate,
-                    peak_rss_mb=peak_rss_mb(),
+                    peak_rss_mb=rss,
                     finish_reason=row.finish_reason,
                 )
             if all(row.finish_reason is not None for row in rows):
