@@ -3,6 +3,7 @@
     shadow_edge.export(checkpoint, out)         torch side, needs the `export` extra
     shadow_edge.load(bundle, mode="attached")   torch-free runtime
     shadow_edge.load_cascade(bundle, remote=None) the detached shadow first, escalating when unsure
+    shadow_edge.load_speculative(bundle)        attached greedy output, the shadow drafting
 
 Both are imported lazily so that `import shadow_edge` never pulls in torch.
 """
@@ -39,3 +40,12 @@ def load_cascade(*args: Any, **kwargs: Any):
 
 
 load_cascade.__doc__ = "See shadow_edge.runtimes.cascade.load_cascade."
+
+
+def load_speculative(*args: Any, **kwargs: Any):
+    from .runtimes.speculative import load_speculative as _load_speculative
+
+    return _load_speculative(*args, **kwargs)
+
+
+load_speculative.__doc__ = "See shadow_edge.runtimes.speculative.load_speculative."

@@ -28,6 +28,7 @@ from shadow_edge.cli import app
 out = {}
 for mode in ("attached", "detached"):
     out[mode] = shadow_edge.load(bundle, mode=mode).generate([1, 2, 3], max_new_tokens=4).token_ids
+out["speculative"] = shadow_edge.load_speculative(bundle).generate([1, 2, 3], max_new_tokens=4, temperature=0).token_ids
 out["text"] = shadow_edge.load(text_bundle).chat([{"role": "user", "content": "hi"}], max_new_tokens=4).text
 from shadow_edge.runtimes.server import make_server
 make_server(shadow_edge.load(text_bundle, mode="detached"), port=0)  # the app for `serve`, not started
@@ -52,3 +53,4 @@ def test_runtime_load_generate_run_and_serve_import_neither_torch_nor_transforme
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert result["loaded"] == []
     assert len(result["attached"]) >= 1 and len(result["detached"]) >= 1 and isinstance(result["text"], str)
+    assert len(result["speculative"]) == 4

@@ -1,4 +1,4 @@
-"""`run` (attached, detached, cascade) and `serve`."""
+"""`run` (attached, detached, cascade, speculative) and `serve`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def run(
     cascade: Annotated[
         bool, typer.Option("--cascade", help="shadow first; escalate to attached (or --remote) when unsure")
     ] = False,
+    speculative: Annotated[
+        bool, typer.Option("--speculative", help="attached greedy output, the shadow drafting (speculative.py)")
+    ] = False,
+    draft_tokens: Annotated[int, typer.Option(min=1, help="--speculative: most tokens drafted per backbone pass")] = 4,
     remote: Annotated[str | None, typer.Option(help="--cascade: OpenAI-compatible server to escalate to")] = None,
     confidence_threshold: Annotated[
         float | None, typer.Option(min=0.0, help="--cascade: escalate if a first token's top-1 prob is below")
@@ -71,8 +75,8 @@ def run(
         window=escalation_window,
         max_mean_entropy=max_mean_entropy,
     )
-    if cascade and detached:
-        raise GenerationError("--cascade and --detached are two different modes: choose one")
+    if sum((cascade, detached, speculative)) > 1:
+        raise GenerationError("--cascade, --detached and --speculative are different modes: choose one")
     if not cascade and any(v is not None for v in policy.values()):
         raise GenerationError("--remote and the escalation options need --cascade")
     flags = dict(
@@ -93,6 +97,10 @@ def run(
         from ..runtimes.cascade import load_cascade
 
         model = load_cascade(bundle, **opened, **policy)
+    elif speculative:
+        from ..runtimes.speculative import load_speculative
+
+        model = load_speculative(bundle, draft_tokens=draft_tokens, **opened)
     else:
         model = load(bundle, mode="detached" if detached else "attached", **opened)
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
@@ -103,15 +111,21 @@ def run(
     if chat:
         messages = [{"role": "user", "content": prompt if prompt is not None else sys.stdin.read()}]
         if as_json:
-            print(json.dumps(model.chat(messages, **settings).to_dict()))
+            print(json.dumps(_with_stats(model, model.chat(messages, **settings).to_dict())))
             return
         _stream(model, model.stream_chat(messages, **settings))
         return
     request = prompt if prompt is not None else parse_token_ids(prompt_ids or "")
     if as_json:
-        print(json.dumps(model.generate(request, **settings).to_dict()))
+        print(json.dumps(_with_stats(model, model.generate(request, **settings).to_dict())))
         return
     _stream(model, model.stream(request, **settings))
+
+
+def _with_stats(model: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """A speculative model's draft statistics beside the result."""
+    stats = getattr(model, "stats", None)
+    return {**result, "speculative": stats.to_dict()} if stats is not None else result
 
 
 def _stream(model: Any, responses: Any) -> str:
@@ -127,6 +141,9 @@ def _stream(model: Any, responses: Any) -> str:
     if last is not None:
         served = getattr(responses, "served_by", None)  # a cascade's stream says who answered
         note = f"served by {served}" + (f" ({responses.reason})" if responses.reason else "") + "; " if served else ""
+        stats = getattr(model, "stats", None)  # speculative decoding's drafts
+        if stats is not None:
+            note += f"{stats.accepted}/{stats.drafted} drafts accepted in {stats.rounds} backbone passes; "
         err_console.print(f"[dim]{escape(note)}{last.summary()}[/]", highlight=False, soft_wrap=True)
     return "".join(pieces)
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import resource
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -155,6 +156,20 @@ def step_tokens(
         logits = engine.forward(seqs, tokens[:, None], keep=1)[:, -1]
 
 
+def sampled_tokens(
+    engine: Engine, prompts: Sequence[Sequence[int]], config: GenerationConfig, pad_id: int
+) -> Iterator[np.ndarray]:
+    """step_tokens with the sampler, processors and generators the config asks for."""
+    return step_tokens(
+        engine,
+        prompts,
+        make_sampler(config.temperature, config.top_k, config.top_p),
+        make_logits_processors(config.repetition_penalty),
+        seeded_generators(config.seed, len(prompts)),
+        pad_id,
+    )
+
+
 class _StopStrings:
     """Holds back text that could be the start of a stop string; cuts the text at one."""
 
@@ -216,8 +231,11 @@ def stream_rows(
     default_max_new_tokens: int,
     default_eos: Sequence[int],
     pad_id: int,
+    token_stream: Callable[[Sequence[Sequence[int]], GenerationConfig, int], Iterator[np.ndarray]] | None = None,
 ) -> Iterator[Response]:
-    """Checks the request at once, then returns the stream of Responses of every row."""
+    """Checks the request at once, then returns the stream of Responses of every row.
+    token_stream(prompts, config, pad_id): the next token of every row, forever (default:
+    sampled_tokens on `engine`; speculative.py drafts and verifies instead)."""
     model = engine.model
     check_prompts(prompts, model.vocab_size, model.max_position_embeddings)
     longest = max(len(p) for p in prompts)
@@ -228,14 +246,7 @@ def stream_rows(
     if config.stop and tokenizer is None:
         raise GenerationError("stop strings need a bundle with a tokenizer; this one takes token ids only")
     eos = set(default_eos if config.eos_token_ids is None else config.eos_token_ids)
-    steps = step_tokens(
-        engine,
-        prompts,
-        make_sampler(config.temperature, config.top_k, config.top_p),
-        make_logits_processors(config.repetition_penalty),
-        seeded_generators(config.seed, len(prompts)),
-        pad_id,
-    )
+    steps = (token_stream or partial(sampled_tokens, engine))(prompts, config, pad_id)
     rows = [_Row(tokenizer, config.stop, eos, len(p)) for p in prompts]
     return _responses(steps, rows, max_new)
 

@@ -133,6 +133,8 @@ def open_graphs(
 class ShadowEdgeModel:
     """A loaded bundle in one mode. See the module docstring for the API and thread safety."""
 
+    token_stream = None  # None: generate.sampled_tokens on the engine; speculative.py drafts instead
+
     def __init__(self, root: Path, manifest: Manifest, engine: Engine, tokenizer: Tokenizer | None) -> None:
         self.root = root
         self.manifest = manifest
@@ -203,6 +205,7 @@ class ShadowEdgeModel:
             self.default_max_new_tokens,
             self.eos_token_ids,
             self.pad_token_id,
+            self.token_stream,
         )
 
     def stream(self, prompt: str | Sequence[int], **settings) -> Iterator[Response]:
