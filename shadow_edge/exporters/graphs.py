@@ -181,6 +181,11 @@ def shadow_lm_graph(loaded: Any) -> DecoderGraph:
     return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, head)
 
 
+def tied_to(head: nn.Module, table: torch.Tensor) -> bool:
+    """Whether the head's weight is the embedding table itself (equal values, same shape)."""
+    return head.weight.shape == table.shape and bool(torch.equal(head.weight, table))
+
+
 class ShadowHeadGraph(nn.Module):
     """The shadow head alone, for schedules that need the shadow states and the detached logits
     of the same tokens (the cascade hands the prompt's states to the backbone when it escalates).
@@ -191,7 +196,7 @@ class ShadowHeadGraph(nn.Module):
         self.head = loaded.reference.shadow_lm_head
         table = _shadow_embedding(loaded).weight
         # tied: the head is the embedding table, which the exporter then stores once for all graphs
-        self.tied = self.head.weight.shape == table.shape and bool(torch.equal(self.head.weight, table))
+        self.tied = tied_to(self.head, table)
 
     def forward(self, shadow_states: torch.Tensor) -> torch.Tensor:
         return _head(shadow_states, self.head.weight)

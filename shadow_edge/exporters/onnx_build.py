@@ -35,7 +35,7 @@ from ..bundle import (
     SHADOW_STATES,
     CacheSpec,
 )
-from .graphs import sliding_window
+from .graphs import sliding_window, tied_to
 
 MS = "com.microsoft"
 BUILDER_OPSET = 17
@@ -313,13 +313,14 @@ def _last_positions(b: GraphBuilder, hidden: str, keep: str) -> str:
     return b.op("Slice", [hidden, start, b.ints(np.iinfo(np.int64).max), b.ints(1)])
 
 
-def _head(b: GraphBuilder, hidden: str, head: Any, table: tuple[str, torch.Tensor] | None, name: str) -> None:
-    """logits of hidden [batch, kept, dim]: Gemm(transB=1) on the embedding table when the head is
-    tied to it (one stored tensor for both), else MatMul on the [dim, vocab] transpose."""
+def _head(b: GraphBuilder, hidden: str, head: Any, table: str | None, name: str) -> None:
+    """logits of hidden [batch, kept, dim]: Gemm(transB=1) on the stored embedding table `table`
+    when the head is tied to it (one stored tensor for both), else MatMul on the [dim, vocab]
+    transpose of its weight."""
     vocab, dim = head.weight.shape
     flat = b.op("Reshape", [hidden, b.ints(-1, int(dim))])
-    if table is not None and head.weight.shape == table[1].shape and bool(torch.equal(head.weight, table[1])):
-        logits = b.op("Gemm", [flat, table[0]], name=name, transB=1)
+    if table is not None:
+        logits = b.op("Gemm", [flat, table], name=name, transB=1)
     else:
         logits = b.op("MatMul", [flat, b.weight(f"{name}.weight", _linear_weight(head))], name=name)
     shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.ints(0), b.ints(2)]), b.ints(-1)], axis=0)
@@ -327,9 +328,15 @@ def _head(b: GraphBuilder, hidden: str, head: Any, table: tuple[str, torch.Tenso
     b.output("logits", TensorProto.FLOAT, ["batch", "kept_sequence", int(vocab)])
 
 
-def _embed(b: GraphBuilder, embed: Any, input_ids: str) -> tuple[tuple[str, torch.Tensor], str]:
-    table = b.weight("embed_tokens.weight", _array(embed.weight))
-    return (table, embed.weight), b.op("Gather", [table, input_ids], axis=0)
+def _table(b: GraphBuilder, embed: Any) -> str:
+    """The embedding table, stored once per graph (the Gather and a tied head read it)."""
+    name = "embed_tokens.weight"
+    return name if name in b.initializers else b.weight(name, _array(embed.weight))
+
+
+def _tied_table(b: GraphBuilder, head: Any, embed: Any) -> str | None:
+    """The stored embedding table when `head` is tied to it, else None."""
+    return _table(b, embed) if tied_to(head, embed.weight) else None
 
 
 def _shadow_parts(loaded: Any) -> tuple[Any, Any, Any]:
@@ -356,7 +363,7 @@ def _decoder_graph(loaded: Any, kind: str, spec: CacheSpec) -> onnx.ModelProto:
     io = _graph_io(b, kind, spec, 0)
     decoder = _Decoder(b, model, kind, io["position_ids"])
     decoder.prepare(io["input_ids"], io["attention_mask"])
-    table, hidden = _embed(b, embed, io["input_ids"])
+    hidden = b.op("Gather", [_table(b, embed), io["input_ids"]], axis=0)
     hidden = decoder.run(hidden, (io["past"], io["present"]))
     if projection is not None:
         hidden = b.op("MatMul", [hidden, b.weight("shadow_hidden_projection.weight", _linear_weight(projection))])
@@ -365,7 +372,7 @@ def _decoder_graph(loaded: Any, kind: str, spec: CacheSpec) -> onnx.ModelProto:
         width = projection.out_features if projection is not None else embed.embedding_dim
         b.output(SHADOW_STATES, TensorProto.FLOAT, ["batch", "sequence", int(width)])
     else:
-        _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, table, "lm_head")
+        _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, _tied_table(b, head, embed), "lm_head")
     _declare_present(b, spec)
     return b.model()
 
@@ -378,7 +385,8 @@ def _backbone_graph(loaded: Any, spec: CacheSpec) -> onnx.ModelProto:
     io = _graph_io(b, BACKBONE_GRAPH, spec, int(base.config.hidden_size))
     decoder = _Decoder(b, base.model, BACKBONE_GRAPH, io["position_ids"])
     decoder.prepare(io["input_ids"], io["attention_mask"])
-    table, hidden = _embed(b, base.get_input_embeddings(), io["input_ids"])
+    embed = base.get_input_embeddings()
+    hidden = b.op("Gather", [_table(b, embed), io["input_ids"]], axis=0)
     shadow = [io[SHADOW_STATES]]
     norm = update.hidden_norm
 
@@ -416,7 +424,8 @@ def _backbone_graph(loaded: Any, spec: CacheSpec) -> onnx.ModelProto:
         return delta
 
     hidden = decoder.run(hidden, (io["past"], io["present"]), between)
-    _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), loaded.reference.lm_head, table, "lm_head")
+    head = loaded.reference.lm_head
+    _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, _tied_table(b, head, embed), "lm_head")
     _declare_present(b, spec)
     return b.model()
 
@@ -426,9 +435,7 @@ def _shadow_head_graph(loaded: Any) -> onnx.ModelProto:
     _, embed, _ = _shadow_parts(loaded)
     head = loaded.reference.shadow_lm_head
     io = _graph_io(b, SHADOW_HEAD_GRAPH, None, int(head.weight.shape[1]))
-    tied = head.weight.shape == embed.weight.shape and bool(torch.equal(head.weight, embed.weight))
-    table = (b.weight("embed_tokens.weight", _array(embed.weight)), embed.weight) if tied else None
-    _head(b, io[SHADOW_STATES], head, table, "lm_head")
+    _head(b, io[SHADOW_STATES], head, _tied_table(b, head, embed), "lm_head")
     return b.model()
 
 

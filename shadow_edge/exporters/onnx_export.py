@@ -39,7 +39,7 @@ from .graphs import (
     shadow_lm_graph,
 )
 from .onnx_build import build_graph, supported
-from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
+from .weights import WEIGHTS_FILE, SharedWeights, drop_unused_initializers, weight_bytes_per_token
 
 DEFAULT_OPSET = 17
 
@@ -141,12 +141,6 @@ def _matmul_weights(graph: onnx.GraphProto) -> list[tuple[onnx.NodeProto, onnx.T
     return [(node, weight) for node, weight in pairs if weight is not None and len(weight.dims) == 2]
 
 
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input}
-    for tensor in [t for t in graph.initializer if t.name not in used]:
-        graph.initializer.remove(tensor)
-
-
 def tie_transposed_heads(model: onnx.ModelProto) -> int:
     """Rewrite MatMul(x, W^T) as Gemm(x, W, transB=1) where W^T is a stored transpose of an
     embedding table (the exporter folds a tied lm_head into a transposed copy of the table).
@@ -166,7 +160,7 @@ def tie_transposed_heads(model: onnx.ModelProto) -> int:
         if np.array_equal(numpy_helper.to_array(weight), arrays[table.name].T):
             _as_gemm_transposed(node, table.name)
             tied += 1
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
     return tied
 
 
@@ -178,7 +172,7 @@ def untranspose_head(model: onnx.ModelProto) -> None:
         table = numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(weight).T), weight.name + ".table")
         graph.initializer.append(table)
         _as_gemm_transposed(node, table.name)
-    _drop_unused_initializers(graph)
+    drop_unused_initializers(graph)
 
 
 GRAPH_MODULES = {

@@ -29,6 +29,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .weights import drop_unused_initializers
+
 # How far from an integer a value may be, in steps, and still count as on the grid: float32
 # dequantization (d*q + m) leaves ~1e-6; rounding a real weight to a grid is off by up to 0.5.
 GRID_TOLERANCE = 1e-4
@@ -201,10 +203,7 @@ def quantize_on_grid(
         report.corrected += len(new_nodes) > 1
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]  # the float weights replaced
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    drop_unused_initializers(graph)  # the float weights replaced
     return report
 
 
@@ -283,7 +282,5 @@ def embeddings_on_grid(graph: onnx.GraphProto, block: int) -> list[dict[str, int
         done.append({"table": name, "bits": fit.bits})
     if done:
         graph.initializer.extend(added)
-        kept = [t for t in graph.initializer if t.name not in {d["table"] for d in done}]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        drop_unused_initializers(graph)  # the float32 tables replaced
     return done

@@ -74,6 +74,14 @@ class SharedWeights:
         }
 
 
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the initializers no node reads (weights a rewrite replaced)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def weight_bytes_per_token(model: onnx.ModelProto) -> int:
     """Bytes of weights one decode step reads: all initializers, except that a table read only by
     Gather or GatherBlockQuantized (an embedding; the latter's data through a Reshape, and its
