@@ -1,0 +1,201 @@
+"""`run` (attached, detached, cascade, speculative) and `serve`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from .common import app, console, err_console, fail, friendly_errors
+
+
+@app.command()
+@friendly_errors
+def run(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    prompt: Annotated[str | None, typer.Option(help="prompt text (the user message with --chat)")] = None,
+    prompt_ids: Annotated[str | None, typer.Option(help="prompt token ids, e.g. 1,2,3")] = None,
+    chat: Annotated[bool, typer.Option("--chat", help="use the chat template; interactive without --prompt")] = False,
+    detached: Annotated[bool, typer.Option("--detached", help="shadow network only (no backbone)")] = False,
+    cascade: Annotated[
+        bool, typer.Option("--cascade", help="shadow first; escalate to attached (or --remote) when unsure")
+    ] = False,
+    speculative: Annotated[
+        bool, typer.Option("--speculative", help="attached greedy output, the shadow drafting (speculative.py)")
+    ] = False,
+    draft_tokens: Annotated[int, typer.Option(min=1, help="--speculative: most tokens drafted per backbone pass")] = 4,
+    remote: Annotated[str | None, typer.Option(help="--cascade: OpenAI-compatible server to escalate to")] = None,
+    confidence_threshold: Annotated[
+        float | None, typer.Option(min=0.0, help="--cascade: escalate if a first token's top-1 prob is below")
+    ] = None,
+    escalation_marker: Annotated[
+        str | None, typer.Option(help="--cascade: escalate when the shadow says this ('' = off)")
+    ] = None,
+    escalation_window: Annotated[
+        int | None, typer.Option(min=1, help="--cascade: how many first tokens the rules look at")
+    ] = None,
+    max_mean_entropy: Annotated[
+        float | None, typer.Option(min=0.0, help="--cascade: escalate above this mean entropy (nats)")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="default: the bundle's, within the context")] = None,
+    greedy: Annotated[bool, typer.Option("--greedy", help="argmax decoding (temperature 0)")] = False,
+    temperature: Annotated[float | None, typer.Option(help="0 = greedy (default: the bundle's)")] = None,
+    top_k: Annotated[int | None, typer.Option(help="keep the k most likely tokens (0 = off)")] = None,
+    top_p: Annotated[float | None, typer.Option(help="nucleus sampling mass (1 = off)")] = None,
+    repetition_penalty: Annotated[float | None, typer.Option(help="1 = off")] = None,
+    seed: Annotated[int | None, typer.Option(help="same seed, same output")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads (default: one per core)")] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="check file sizes only, not sha256")] = False,
+    low_memory: Annotated[bool, typer.Option("--low-memory", help="no weight prepacking: less RAM, slower")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object with tokens, text and stats")] = False,
+) -> None:
+    """Generate from a bundle: stream text (or token ids) to stdout, stats to stderr."""
+    from ..errors import GenerationError
+    from ..runtimes.generate import parse_token_ids
+    from ..runtimes.model import load
+
+    sources = [name for name, given in (("--prompt", prompt), ("--prompt-ids", prompt_ids)) if given is not None]
+    if len(sources) > 1 or (chat and prompt_ids is not None):
+        raise GenerationError("give one of --prompt TEXT, --prompt-ids 1,2,3 or --chat [--prompt TEXT]")
+    if not sources and not chat:
+        raise GenerationError("no prompt given", hint="pass --prompt TEXT, --prompt-ids 1,2,3 or --chat")
+    if greedy and any(v is not None for v in (temperature, top_k, top_p)):
+        raise GenerationError("--greedy cannot be combined with --temperature, --top-k or --top-p")
+    if threads is not None and threads < 1:
+        raise GenerationError(f"--threads must be at least 1, got {threads}")
+    policy = dict(
+        remote=remote,
+        confidence_threshold=confidence_threshold,
+        marker=escalation_marker,
+        window=escalation_window,
+        max_mean_entropy=max_mean_entropy,
+    )
+    if sum((cascade, detached, speculative)) > 1:
+        raise GenerationError("--cascade, --detached and --speculative are different modes: choose one")
+    if not cascade and any(v is not None for v in policy.values()):
+        raise GenerationError("--remote and the escalation options need --cascade")
+    flags = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=0.0 if greedy else temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop=stop,
+    )
+    settings = {k: v for k, v in flags.items() if v is not None}
+    interactive = chat and prompt is None and sys.stdin.isatty()
+    if interactive and as_json:
+        raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
+    opened = dict(threads=threads, verify="size" if no_verify else "hash", prepack=not low_memory)
+    if cascade:
+        from ..runtimes.cascade import load_cascade
+
+        model = load_cascade(bundle, **opened, **policy)
+    elif speculative:
+        from ..runtimes.speculative import load_speculative
+
+        model = load_speculative(bundle, draft_tokens=draft_tokens, **opened)
+    else:
+        model = load(bundle, mode="detached" if detached else "attached", **opened)
+    if chat and not (model.tokenizer and model.tokenizer.chat_template):
+        raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")
+    if interactive:
+        _chat_loop(model, settings)
+        return
+    if chat:
+        messages = [{"role": "user", "content": prompt if prompt is not None else sys.stdin.read()}]
+        if as_json:
+            print(json.dumps(_with_stats(model, model.chat(messages, **settings).to_dict())))
+            return
+        _stream(model, model.stream_chat(messages, **settings))
+        return
+    request = prompt if prompt is not None else parse_token_ids(prompt_ids or "")
+    if as_json:
+        print(json.dumps(_with_stats(model, model.generate(request, **settings).to_dict())))
+        return
+    _stream(model, model.stream(request, **settings))
+
+
+def _with_stats(model: Any, result: dict[str, Any]) -> dict[str, Any]:
+    """A speculative model's draft statistics beside the result."""
+    stats = getattr(model, "stats", None)
+    return {**result, "speculative": stats.to_dict()} if stats is not None else result
+
+
+def _stream(model: Any, responses: Any) -> str:
+    """Print a generation as it is produced (text, or ids without a tokenizer); returns the text."""
+    pieces = []
+    last = None
+    for last in responses:
+        piece = last.text if model.tokenizer is not None else f"{last.token} "
+        pieces.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    if last is not None:
+        served = getattr(responses, "served_by", None)  # a cascade's stream says who answered
+        note = f"served by {served}" + (f" ({responses.reason})" if responses.reason else "") + "; " if served else ""
+        stats = getattr(model, "stats", None)  # speculative decoding's drafts
+        if stats is not None:
+            note += f"{stats.accepted}/{stats.drafted} drafts accepted in {stats.rounds} backbone passes; "
+        err_console.print(f"[dim]{escape(note)}{last.summary()}[/]", highlight=False, soft_wrap=True)
+    return "".join(pieces)
+
+
+def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
+    messages: list[dict[str, str]] = []
+    err_console.print("[dim]chat: an empty line or Ctrl-D ends it[/]")
+    while True:
+        try:
+            line = input("> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line.strip():
+            return
+        messages.append({"role": "user", "content": line})
+        answer = _stream(model, model.stream_chat(messages, **settings))
+        messages.append({"role": "assistant", "content": answer})
+
+
+@app.command()
+@friendly_errors
+def serve(
+    bundle: Annotated[Path, typer.Argument(help="bundle folder")],
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    mode: Annotated[str, typer.Option(help="attached, detached, base or cascade")] = "attached",
+    remote: Annotated[str | None, typer.Option(help="--mode cascade: server to escalate to")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
+    max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
+) -> None:
+    """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
+    from ..runtimes.model import MODES, load
+
+    try:
+        from ..runtimes.server import serve as run_server
+    except ImportError as exc:
+        fail(f"{exc.name or exc} is not installed", 'install the serve extra: pip install "shadow-edge[serve]"')
+    if mode not in (*MODES, "cascade"):
+        fail(f"--mode must be one of {', '.join(MODES)} or cascade, got {mode!r}")
+    if remote is not None and mode != "cascade":
+        fail("--remote needs --mode cascade")
+    if mode == "cascade":  # a device-side server: the shadow answers, escalating per the bundle's policy
+        from ..runtimes.cascade import load_cascade
+
+        model = load_cascade(bundle, remote=remote, threads=threads)
+    else:
+        model = load(bundle, mode=mode, threads=threads)
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    line = f"serving {escape(str(bundle))} ({model.mode}) at {url}/v1 (Ctrl-C stops)"
+    console.print(line, highlight=False, soft_wrap=True)
+    console.file.flush()  # before the server blocks: a pipe or a log file gets the line now
+    limits = dict(max_tokens_limit=max_tokens_limit, max_concurrent=max_concurrent)
+    run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits)

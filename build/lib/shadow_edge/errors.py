@@ -1,0 +1,60 @@
+"""Typed errors of shadow-edge.
+
+The library raises these; the CLI turns each into one line that says what happened and what to
+do next (set SHADOW_EDGE_DEBUG=1 for the traceback). Every message names the bad value.
+"""
+
+from __future__ import annotations
+
+
+class ShadowEdgeError(Exception):
+    """Base class: an expected failure with a message meant for a person."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.hint = hint or self.hint
+
+
+class CheckpointError(ShadowEdgeError):
+    """The checkpoint folder is missing, incomplete, or not a ShadowPEFT checkpoint."""
+
+
+class BaseModelError(ShadowEdgeError):
+    """The base model cannot be found, loaded, or does not fit the adapter."""
+
+    hint = "pass the base model folder with --base DIR (see README: 'Where the base model comes from')"
+
+
+class UnsupportedModelError(ShadowEdgeError):
+    """The architecture is not one shadow-edge can export."""
+
+
+class ExportError(ShadowEdgeError):
+    """Export or post-export validation failed; nothing was written to the output."""
+
+
+class OutputExistsError(ShadowEdgeError):
+    """The output path exists and --force was not given."""
+
+    hint = "choose another output path or pass --force to replace it"
+
+
+class BundleError(ShadowEdgeError):
+    """A bundle is missing, corrupt, of an unknown version, or unsafe to load."""
+
+
+class GenerationError(ShadowEdgeError):
+    """A generation request is invalid (token ids, lengths, sampling settings)."""
+
+
+class QuantizeError(ShadowEdgeError):
+    """Quantization was refused (bad settings, an already quantized bundle) or, with strict, its
+    fidelity fell under the floor; nothing was written to the output."""
+
+
+class RemoteError(ShadowEdgeError):
+    """The cascade's remote server could not be reached or refused the request."""
+
+    hint = "check --remote (an OpenAI-compatible server, e.g. `shadow-edge serve BUNDLE`)"

@@ -1,0 +1,244 @@
+"""Torch modules with explicit KV-cache tensors, one per exported graph.
+
+Each wraps modules of the reference model (same parameters, no copies) and re-states its
+forward pass with the cache as plain tensors:
+    shadow         input_ids, attention_mask, position_ids, past (shadow)  -> shadow_states, present
+    shadow_lm      the same + num_logits_to_keep                          -> logits, present
+    backbone       input_ids, attention_mask, position_ids, shadow_states,
+                   num_logits_to_keep, past (base)                        -> logits, present
+    base_lm        like shadow_lm, the base model without the adapter (optional)
+    shadow_head    shadow_states                                           -> logits
+attention_mask is [batch, past + seq] (1 = real token); position_ids are [batch, seq].
+KV tensors are [batch, kv_heads, seq, head_dim]. Inject/update act on each position alone, so
+cached decoding is exact (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+
+GROUPED_ATTENTION = "shadow_edge_grouped"
+
+
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """transformers' eager attention without repeat_kv: the query heads that share a KV head are
+    stacked along the sequence axis, so the graph never copies the KV cache to every query head
+    (repeat_kv's Expand copied the whole cache n_heads/n_kv_heads times per token)."""
+    batch, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    query = query.reshape(batch, kv_heads, groups * length, dim)  # row g * length + t
+    weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        weights = weights + attention_mask.repeat(1, 1, groups, 1)
+    weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights, value).reshape(batch, heads, length, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(GROUPED_ATTENTION, grouped_attention)
+
+
+@contextmanager
+def attention_implementation(configs: list, name: str) -> Iterator[None]:
+    """Trace with `name` as the attention of these configs; the reference keeps its own."""
+    before = [config._attn_implementation for config in configs]
+    for config in configs:
+        config._attn_implementation = name
+    try:
+        yield
+    finally:
+        for config, impl in zip(configs, before, strict=True):
+            config._attn_implementation = impl
+
+
+class _TensorCache:
+    """Duck-typed transformers Cache: appends the new keys/values to the given past tensors."""
+
+    def __init__(self, past: tuple[torch.Tensor, ...]) -> None:
+        self.past = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        self.present: list[torch.Tensor] = []
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        past_key, past_value = self.past[layer_idx]
+        key = torch.cat([past_key, key], dim=2)
+        value = torch.cat([past_value, value], dim=2)
+        self.present += [key, value]
+        return key, value
+
+
+def sliding_window(config: Any, layer_idx: int) -> int | None:
+    """The attention window of one layer, as transformers applies it (None = full attention)."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if layer_types[layer_idx] == "sliding_attention" else None
+    return window if getattr(config, "use_sliding_window", True) else None
+
+
+def attention_bias(attention_mask: torch.Tensor, query_len: int, window: int | None) -> torch.Tensor:
+    """Additive mask [batch, 1, query, past + query]: causal, padding, optional sliding window."""
+    total = attention_mask.shape[1]
+    key_pos = torch.arange(total, device=attention_mask.device)
+    query_pos = key_pos[total - query_len :].unsqueeze(1)  # positions of the new tokens in the cache
+    allowed = (key_pos.unsqueeze(0) <= query_pos) & attention_mask[:, None, None, :].bool()
+    if window is not None:
+        allowed = allowed & (key_pos.unsqueeze(0) > query_pos - window)
+    return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
+
+
+class _DecoderStack:
+    """Runs the layers of one HF backbone over hidden states with a tensor KV cache."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        self.backbone = backbone
+        # shadow-peft wraps each base layer to inject/update; we state those steps explicitly
+        self.layers = [getattr(layer, "layer", layer) for layer in backbone.layers]
+        self.windows = [sliding_window(backbone.config, i) for i in range(len(self.layers))]
+
+    def prepare(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
+        masks = {w: attention_bias(attention_mask, hidden.shape[1], w) for w in set(self.windows)}
+        rotary = self.backbone.rotary_emb(hidden, position_ids)
+        return masks, rotary
+
+    def layer(self, i: int, hidden, masks, rotary, position_ids, cache: _TensorCache) -> torch.Tensor:
+        out = self.layers[i](
+            hidden,
+            attention_mask=masks[self.windows[i]],
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=True,
+            position_embeddings=rotary,
+        )
+        return out[0] if isinstance(out, tuple) else out
+
+
+def _last_positions(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """hidden[:, -keep:] with keep a traced scalar (0 keeps every position)."""
+    seq = hidden.shape[1]
+    positions = torch.arange(seq, device=hidden.device)
+    first = torch.where(keep > 0, seq - keep, 0)
+    return hidden[:, positions >= first]
+
+
+def _head(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """lm_head on 2-D input, so that onnx_export.tie_transposed_heads can make it a Gemm that reads
+    the [vocab, d] embedding table itself."""
+    batch, seq, dim = hidden.shape
+    return nn.functional.linear(hidden.reshape(-1, dim), weight).reshape(batch, seq, -1)
+
+
+class DecoderGraph(nn.Module):
+    """A plain decoder with a tensor KV cache: embed -> layers -> norm -> projection [-> head].
+    Without a head it returns the hidden states (the shadow state s0); with one, logits."""
+
+    def __init__(self, backbone: nn.Module, embed: nn.Module, projection: nn.Module, head: nn.Module | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.embed = embed
+        self.projection = projection
+        self.head = head
+        self.stack = _DecoderStack(backbone)
+
+    def states(self, input_ids, attention_mask, position_ids, past) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        hidden = self.embed(input_ids)
+        masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
+        cache = _TensorCache(past)
+        for i in range(len(self.stack.layers)):
+            hidden = self.stack.layer(i, hidden, masks, rotary, position_ids, cache)
+        return self.projection(self.backbone.norm(hidden)), cache.present
+
+    def forward(self, input_ids, attention_mask, position_ids, *rest):
+        if self.head is None:
+            states, present = self.states(input_ids, attention_mask, position_ids, rest)
+            return (states, *present)
+        num_logits_to_keep, *past = rest
+        states, present = self.states(input_ids, attention_mask, position_ids, tuple(past))
+        return (_head(_last_positions(states, num_logits_to_keep), self.head.weight), *present)
+
+
+def _shadow_embedding(loaded: Any) -> nn.Module:
+    source = loaded.base_model if loaded.shares_base_embeddings else loaded.peft.shadow_model
+    return source.get_input_embeddings()
+
+
+def shadow_graph(loaded: Any) -> DecoderGraph:
+    """Attached mode's shadow: s0 = P(S(e)), no head (the backbone consumes it)."""
+    peft = loaded.peft
+    return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, None)
+
+
+def shadow_lm_graph(loaded: Any) -> DecoderGraph:
+    """Detached mode: shadow_lm_head(s0)."""
+    peft = loaded.peft
+    head = loaded.reference.shadow_lm_head
+    return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, head)
+
+
+def tied_to(head: nn.Module, table: torch.Tensor) -> bool:
+    """Whether the head's weight is the embedding table itself (equal values, same shape)."""
+    return head.weight.shape == table.shape and bool(torch.equal(head.weight, table))
+
+
+class ShadowHeadGraph(nn.Module):
+    """The shadow head alone, for schedules that need the shadow states and the detached logits
+    of the same tokens (the cascade hands the prompt's states to the backbone when it escalates).
+    The runtime feeds only the positions it needs logits for."""
+
+    def __init__(self, loaded: Any) -> None:
+        super().__init__()
+        self.head = loaded.reference.shadow_lm_head
+        table = _shadow_embedding(loaded).weight
+        # tied: the head is the embedding table, which the exporter then stores once for all graphs
+        self.tied = tied_to(self.head, table)
+
+    def forward(self, shadow_states: torch.Tensor) -> torch.Tensor:
+        return _head(shadow_states, self.head.weight)
+
+
+def base_lm_graph(loaded: Any) -> DecoderGraph:
+    """The base model alone, without the adapter: for A/B comparisons and as the speed baseline."""
+    base = loaded.base_model
+    return DecoderGraph(base.model, base.get_input_embeddings(), nn.Identity(), loaded.reference.lm_head)
+
+
+class BackboneGraph(nn.Module):
+    """Attached mode's base: injection before and update after each layer but the first."""
+
+    def __init__(self, loaded: Any) -> None:
+        super().__init__()
+        peft = loaded.peft
+        base = loaded.base_model
+        self.backbone = base.model
+        self.head = loaded.reference.lm_head
+        self.injection = peft.shadow_injection_model
+        self.update = peft.shadow_update_model
+        self.stack = _DecoderStack(self.backbone)
+
+    def _inject(self, hidden: torch.Tensor, shadow: torch.Tensor, k: int) -> torch.Tensor:
+        # h + alpha * ((h - s) @ W_down[k]) @ W_up[k]   (dropout is off at inference)
+        delta = torch.matmul(
+            torch.matmul(hidden - shadow, self.injection.injection_downs[k]), self.injection.injection_ups[k]
+        )
+        return hidden + self.injection.alpha * delta
+
+    def forward(self, input_ids, attention_mask, position_ids, shadow_states, num_logits_to_keep, *past):
+        hidden = self.backbone.embed_tokens(input_ids)
+        masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
+        cache = _TensorCache(past)
+        shadow = shadow_states
+        last = len(self.stack.layers) - 1
+        for i in range(last + 1):
+            if i > 0:
+                hidden = self._inject(hidden, shadow, i - 1)
+            hidden = self.stack.layer(i, hidden, masks, rotary, position_ids, cache)
+            if 0 < i < last:  # the update after the last layer reaches no output
+                shadow = self.update(hidden, shadow, i - 1)
+        hidden = self.backbone.norm(_last_positions(hidden, num_logits_to_keep))
+        return (_head(hidden, self.head.weight), *cache.present)

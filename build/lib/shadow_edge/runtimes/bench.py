@@ -1,0 +1,213 @@
+"""`shadow-edge bench`: prefill and decode speed of a bundle per mode and prompt length, with the
+time of each graph, peak RSS, and how close decoding comes to the machine's memory bandwidth.
+
+Each mode runs in its own subprocess (`python -m shadow_edge.runtimes.bench`), so that its peak RSS
+is its own. A run: random prompt ids (seeded) of each length, prefill, then `new_tokens` greedy
+steps through the runtime's Engine; medians over `repeat` runs, with min and max. Bytes read per
+decoded token = the weights the mode's graphs read (manifest) + the KV caches at that context;
+bandwidth use = bytes/token x tokens/s, against read_bandwidth() measured in the same run.
+Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..bundle import MODE_GRAPHS, cache_for, read_manifest
+from ..errors import GenerationError
+from .bandwidth import read_bandwidth
+from .generate import peak_rss_mb
+
+SCHEMA = "shadow-edge-bench/1"
+
+
+class _TimedRunner:
+    """Stands in for a GraphRunner in the Engine and adds up the seconds of its steps."""
+
+    def __init__(self, runner) -> None:
+        self.runner = runner
+        self.seconds = 0.0
+
+    def new_cache(self, batch: int):
+        return self.runner.new_cache(batch)
+
+    def step(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.runner.step(*args, **kwargs)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measure_mode(
+    bundle: str | Path,
+    mode: str,
+    prompt_lens: list[int],
+    new_tokens: int,
+    threads: int | None,
+    repeat: int,
+    seed: int = 0,
+) -> dict:
+    """Figures of one mode, in this process (see bench() for a clean peak RSS per mode)."""
+    from .model import load
+
+    model = load(bundle, mode=mode, threads=threads, verify="size")
+    engine = model.engine
+    timed = {name: _TimedRunner(runner) for name, runner in engine.runners.items()}
+    engine.runners = timed
+    spec = model.manifest.model
+    rng = np.random.default_rng(seed)
+    weights = model.manifest.weight_bytes_per_token(mode)
+    rows = []
+    for length in prompt_lens:
+        if length + new_tokens > model.context_length:
+            rows.append({"prompt_len": length, "skipped": f"exceeds the context of {model.context_length}"})
+            continue
+        prefill, decode, split = [], [], {name: [] for name in timed}
+        for _ in range(repeat + 1):  # the first run warms up and is dropped
+            ids = rng.integers(0, spec.vocab_size, size=(1, length))
+            seqs = engine.start(1)
+            start = time.perf_counter()
+            logits = engine.forward(seqs, ids)
+            prefill.append(time.perf_counter() - start)
+            for runner in timed.values():
+                runner.seconds = 0.0
+            start = time.perf_counter()
+            for _ in range(new_tokens):
+                logits = engine.forward(seqs, logits[:, -1:].argmax(-1))
+            decode.append(new_tokens / (time.perf_counter() - start))
+            for name, runner in timed.items():
+                split[name].append(1000 * runner.seconds / new_tokens)
+        prefill, decode = prefill[1:], decode[1:]
+        context = length + new_tokens // 2
+        caches = [cache_for(spec, g) for g in MODE_GRAPHS[mode]]  # one cache per graph
+        kv = sum(2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4 for c in caches)
+        rows.append(
+            {
+                "prompt_len": length,
+                "prefill_s": _spread(prefill),
+                "prefill_tok_per_s": length / statistics.median(prefill),
+                "decode_tok_per_s": _spread(decode),
+                "decode_ms_per_graph": {name: statistics.median(v[1:]) for name, v in split.items()},
+                "bytes_per_token": {"weights": weights, "kv_cache": kv, "total": weights + kv},
+            }
+        )
+    return {"mode": mode, "threads": threads, "rows": rows, "peak_rss_mb": peak_rss_mb()}
+
+
+@dataclass
+class BenchSettings:
+    prompt_lens: list[int]
+    new_tokens: int = 32
+    modes: list[str] | None = None  # None: every mode the bundle supports
+    threads: int | None = None
+    repeat: int = 3
+    constrained: bool = False  # also detached at 1 thread, as on a small device
+
+
+def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
+    """Every requested mode in its own subprocess, plus the bandwidth probe; the JSON report."""
+    manifest = read_manifest(bundle)
+    modes = settings.modes or manifest.modes
+    unknown = [m for m in modes if m not in manifest.modes]
+    if unknown:
+        raise GenerationError(
+            f"this bundle does not support {', '.join(unknown)} (it has: {', '.join(manifest.modes)})"
+        )
+    if not settings.prompt_lens or min(settings.prompt_lens) < 1 or settings.new_tokens < 2 or settings.repeat < 1:
+        raise GenerationError("prompt lengths must be >= 1, new tokens >= 2 and repeat >= 1")
+    runs = [(m, settings.threads) for m in modes]
+    if settings.constrained and "detached" in manifest.modes:
+        runs.append(("detached", 1))
+    threads = settings.threads or os.cpu_count() or 1
+    largest = max(manifest.weight_bytes_per_token(m) for m in modes)
+    probe = [read_bandwidth(threads, nbytes=max(largest, 64 << 20)) for _ in range(2)]
+    results = []
+    for mode, mode_threads in runs:
+        if on_mode:
+            on_mode(mode, mode_threads)
+        args = [
+            sys.executable,
+            "-m",
+            __name__,
+            str(bundle),
+            mode,
+            ",".join(map(str, settings.prompt_lens)),
+            str(settings.new_tokens),
+            str(mode_threads or 0),
+            str(settings.repeat),
+        ]
+        done = subprocess.run(args, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise GenerationError(f"bench of {mode} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+        results.append(json.loads(done.stdout))
+    bandwidth = min(probe)
+    for result in results:
+        for row in result["rows"]:
+            if "skipped" not in row:
+                used = row["bytes_per_token"]["total"] * row["decode_tok_per_s"]["median"]
+                row["bandwidth_fraction"] = used / bandwidth
+    return {
+        "schema": SCHEMA,
+        "bundle": str(bundle),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "cpu_count": os.cpu_count(),
+        "new_tokens": settings.new_tokens,
+        "repeat": settings.repeat,
+        "memory_bandwidth_gb_s": {"runs": [b / 1e9 for b in probe], "used": bandwidth / 1e9},
+        "results": results,
+    }
+
+
+def plot(report: dict, path: Path) -> None:
+    """Decode tok/s against context length, one line per mode (needs matplotlib)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise GenerationError("--plot needs matplotlib", hint="pip install matplotlib") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for result in report["results"]:
+        rows = [r for r in result["rows"] if "skipped" not in r]
+        label = result["mode"] + (f" ({result['threads']} thread)" if result["threads"] == 1 else "")
+        ax.plot(
+            [r["prompt_len"] for r in rows], [r["decode_tok_per_s"]["median"] for r in rows], marker="o", label=label
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context (prompt tokens)")
+    ax.set_ylabel("decode tokens/s")
+    ax.set_title(Path(report["bundle"]).name)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":  # one mode, in a clean process: prints its JSON
+    bundle_arg, mode_arg, lens, new, threads_arg, repeat_arg = sys.argv[1:7]
+    print(
+        json.dumps(
+            measure_mode(
+                bundle_arg,
+                mode_arg,
+                [int(n) for n in lens.split(",")],
+                int(new),
+                int(threads_arg) or None,
+                int(repeat_arg),
+            )
+        )
+    )

@@ -1,0 +1,539 @@
+"""`shadow-edge serve`: an OpenAI-compatible HTTP server for a loaded model (Starlette + uvicorn).
+
+    GET  /health                 status, mode, model name, context length, generations running/waiting
+    GET  /v1/models              the one model served
+    POST /v1/completions         prompt: text or token ids
+    POST /v1/chat/completions    messages, rendered with the bundle's chat template
+
+Requests and responses follow OpenAI's schema; `stream: true` answers with server-sent events
+(`data: {chunk}` ... `data: [DONE]`). Settings that a request leaves out take the bundle's defaults
+(temperature 0 = greedy); `top_k` and `repetition_penalty` are accepted as extras. As vLLM does,
+`"return_token_ids": true` adds `token_ids` to each choice (each chunk's own ids when streaming):
+the cascade's remote escalation compares tokens exactly with it. A bundle without a tokenizer takes
+token ids and always returns them. When the model's result (or stream) says who served it, as a
+cascade's does, `shadow_edge: {escalated, served_by, reason}` rides along.
+
+The model is duck-typed: anything with mode, context_length, default_max_new_tokens, tokenizer,
+encode(), encode_chat(), stream() and generate() (and optionally chat()/stream_chat(), which a
+cascade uses to send a conversation on as messages), such as a ShadowEdgeModel.
+
+This module imports neither torch nor transformers (the runtime stays torch-free).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import anyio
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from ..errors import GenerationError, ShadowEdgeError
+from .generate import GenerationResult, Response
+
+log = logging.getLogger(__name__)
+
+MAX_TOKENS_LIMIT = 1024
+MAX_REQUEST_BYTES = 1 << 20
+# One generation at a time by default: concurrent calls share onnxruntime's intra-op thread pool
+# (one thread per core), so on a 2-core device two generations each run at about half speed and
+# both answers come later than one after the other would. Raise it on bigger CPUs.
+MAX_CONCURRENT = 1
+MAX_QUEUED = 8
+
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the runtime's -> OpenAI's
+CASCADE_FIELDS = ("escalated", "served_by", "reason")
+NUMBER = (int, float)
+
+# OpenAI features this server does not implement: refused when asked for (rather than silently
+# ignored), accepted at their "off" value, which some clients send explicitly.
+UNSUPPORTED_UNLESS = {
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "suffix": (None, ""),
+    "best_of": (None, 1),
+    "logit_bias": (None, {}),
+    "frequency_penalty": (None, 0),
+    "presence_penalty": (None, 0),
+    "tools": (None, []),
+    "response_format": (None, {"type": "text"}),
+}
+
+
+class ServedModel(Protocol):
+    mode: str
+    context_length: int
+    default_max_new_tokens: int
+    tokenizer: Any
+
+    def encode(self, prompt: str | Sequence[int]) -> list[int]: ...
+    def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
+    def stream(self, prompt: str | Sequence[int], **settings: Any) -> Iterator[Response]: ...
+    def generate(self, prompt: str | Sequence[int], **settings: Any) -> GenerationResult: ...
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.param, self.code, self.kind, self.headers = status, param, code, kind, headers
+
+    def payload(self) -> dict[str, Any]:
+        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.payload(), status_code=self.status, headers=self.headers)
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ParsedRequest:
+    chat: bool
+    prompt: str | list[int] | None  # completions
+    messages: list[dict[str, str]] | None  # chat
+    max_tokens: int | None
+    settings: dict[str, Any]  # GenerationConfig fields the request sets (max_new_tokens aside)
+    stream: bool
+    include_usage: bool
+    return_token_ids: bool
+
+
+def _get(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str, param: str | None = None) -> Any:
+    """body[name] if it is of one of `kinds` (null = not given); bool is no number here."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ApiError(400, f"{param or name} must be {what}, got {json.dumps(value)[:80]}", param=param or name)
+    return value
+
+
+def parse_request(body: Any, chat: bool, max_tokens_limit: int) -> ParsedRequest:
+    """Check the types and this server's limits; the runtime checks the rest (vocabulary, context,
+    sampling ranges) with the same messages as the CLI."""
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    for name, off in UNSUPPORTED_UNLESS.items():
+        if body.get(name) not in off:
+            raise ApiError(400, f"{name} is not supported by this server", param=name, code="unsupported")
+    _get(body, "model", (str,), "a string")  # any name is accepted: there is one model
+    if _get(body, "n", (int,), "an integer") not in (None, 1):
+        raise ApiError(400, "n must be 1: this server generates one choice per request", param="n")
+    names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
+    given = [(n, _get(body, n, (int,), "a positive integer")) for n in names]
+    param, max_tokens = next(((n, v) for n, v in given if v is not None), ("max_tokens", None))
+    if max_tokens is not None and max_tokens < 1:
+        raise ApiError(400, f"{param} must be a positive integer, got {max_tokens}", param=param)
+    if max_tokens is not None and max_tokens > max_tokens_limit:
+        raise ApiError(400, f"{param} ({max_tokens}) exceeds this server's limit of {max_tokens_limit}", param=param)
+    settings: dict[str, Any] = {}
+    for name, kinds, what in (
+        ("temperature", NUMBER, "a number"),
+        ("top_p", NUMBER, "a number"),
+        ("top_k", (int,), "an integer"),
+        ("repetition_penalty", NUMBER, "a number"),
+        ("seed", (int,), "an integer"),
+    ):
+        value = _get(body, name, kinds, what)
+        if value is not None:
+            settings[name] = float(value) if kinds is NUMBER else value
+    if settings.get("top_k") == -1:
+        settings["top_k"] = 0  # vLLM's "off"
+    stop = _get(body, "stop", (str, list), "a string or a list of strings")
+    if isinstance(stop, list) and not all(isinstance(s, str) for s in stop):
+        raise ApiError(400, "stop must be a string or a list of strings", param="stop")
+    if stop:
+        settings["stop"] = [stop] if isinstance(stop, str) else stop
+    options = _get(body, "stream_options", (dict,), "an object") or {}
+    return ParsedRequest(
+        chat=chat,
+        prompt=None if chat else _prompt(body),
+        messages=_messages(body) if chat else None,
+        max_tokens=max_tokens,
+        settings=settings,
+        stream=bool(_get(body, "stream", (bool,), "true or false")),
+        include_usage=bool(_get(options, "include_usage", (bool,), "true or false", "stream_options.include_usage")),
+        return_token_ids=bool(_get(body, "return_token_ids", (bool,), "true or false")),
+    )
+
+
+def _prompt(body: dict[str, Any]) -> str | list[int]:
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise ApiError(400, "prompt is required", param="prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]  # OpenAI's batch form, with one prompt
+    is_ids = isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+    if not (isinstance(prompt, str) or is_ids):
+        batch = isinstance(prompt, list) and all(isinstance(p, (str, list)) for p in prompt)
+        what = "one prompt per request (no batches)" if batch else "a string or a list of token ids"
+        raise ApiError(400, f"prompt must be {what}", param="prompt")
+    if not prompt:
+        raise ApiError(400, "prompt is empty: give at least one token", param="prompt")
+    return prompt
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
+    out = []
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):  # content parts: text only
+            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+            content = "".join(texts) if len(texts) == len(content) and all(isinstance(t, str) for t in texts) else None
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}] must have a string role and text content", param=f"messages[{i}]")
+        out.append({"role": role, "content": content})
+    return out
+
+
+# -- admission ---------------------------------------------------------------------------------------
+
+
+class Slots:
+    """At most `running` generations at once and `queued` more waiting for a turn; beyond that a
+    request is refused at once (429) rather than piling up. Used on the event loop only."""
+
+    def __init__(self, running: int, queued: int) -> None:
+        if running < 1 or queued < 0:
+            raise ValueError(f"max_concurrent must be >= 1 and max_queued >= 0, got {running}, {queued}")
+        self.limit = running
+        self.capacity = running + queued
+        self.semaphore = anyio.Semaphore(running)
+        self.admitted = 0
+
+    @property
+    def running(self) -> int:
+        return self.limit - self.semaphore.value
+
+    @property
+    def waiting(self) -> int:
+        return self.admitted - self.running
+
+    async def acquire(self) -> None:
+        if self.admitted >= self.capacity:
+            raise ApiError(
+                429,
+                f"the server is busy: {self.running} generation(s) running and {self.waiting} waiting; retry later",
+                code="server_busy",
+                kind="rate_limit_error",
+                headers={"Retry-After": "1"},
+            )
+        self.admitted += 1
+        try:
+            await self.semaphore.acquire()
+        except BaseException:
+            self.admitted -= 1
+            raise
+
+    def release(self) -> None:
+        self.semaphore.release()
+        self.admitted -= 1
+
+
+class EventStream(StreamingResponse):
+    """SSE whose `on_close` runs however the response ends, also when the client goes away
+    mid-stream (Starlette then cancels the body) or before it began: the generation stops and
+    its slot is freed."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+# -- responses ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    """Builds the OpenAI objects of one request's answer."""
+
+    request: ParsedRequest
+    model_name: str
+    with_ids: bool
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.id = self.id or ("chatcmpl-" if self.request.chat else "cmpl-") + uuid.uuid4().hex
+
+    def envelope(self, choices: list[dict[str, Any]], chunk: bool, **extra: Any) -> dict[str, Any]:
+        kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.request.chat else "text_completion"
+        head = {"id": self.id, "object": kind, "created": self.created, "model": self.model_name}
+        return head | {"choices": choices} | extra
+
+    def choice(self, text: str, ids: list[int], finish: str | None, chunk: bool, first: bool = False) -> dict:
+        if not self.request.chat:
+            content: dict[str, Any] = {"text": text}
+        elif chunk:
+            content = {"delta": {"role": "assistant", "content": text} if first else {"content": text}}
+        else:
+            content = {"message": {"role": "assistant", "content": text}}
+        reason = finish and FINISH_REASONS.get(finish, finish)
+        choice = {"index": 0, **content, "logprobs": None, "finish_reason": reason}
+        return choice | ({"token_ids": ids} if self.with_ids else {})
+
+    def complete(self, result: GenerationResult) -> dict[str, Any]:
+        choice = self.choice(result.text or "", list(result.token_ids), result.finish_reason, chunk=False)
+        usage = _usage(result.prompt_tokens, result.new_tokens)
+        return self.envelope([choice], chunk=False, usage=usage, **_cascade(result))
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    total = prompt_tokens + completion_tokens
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+
+
+def _cascade(source: Any) -> dict[str, Any]:
+    """{"shadow_edge": {escalated, served_by, reason}} when a cascade's result or stream has them."""
+    found = {name: getattr(source, name) for name in CASCADE_FIELDS if hasattr(source, name)}
+    return {"shadow_edge": found} if found else {}
+
+
+def _event(payload: Any) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+# -- the app -----------------------------------------------------------------------------------------
+
+
+class Server:
+    """The endpoints of one model; create_app() wraps them in a Starlette app."""
+
+    def __init__(
+        self,
+        model: ServedModel,
+        max_tokens_limit: int,
+        max_request_bytes: int,
+        max_concurrent: int,
+        max_queued: int,
+        model_name: str,
+    ) -> None:
+        if max_tokens_limit < 1 or max_request_bytes < 1:
+            raise ValueError(f"limits must be positive, got {max_tokens_limit}, {max_request_bytes}")
+        self.model = model
+        self.max_tokens_limit = max_tokens_limit
+        self.max_request_bytes = max_request_bytes
+        self.slots = Slots(max_concurrent, max_queued)
+        self.model_name = model_name
+        self.created = int(time.time())
+
+    async def health(self, request: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": self.model_name,
+                "mode": self.model.mode,
+                "context_length": self.model.context_length,
+                "max_tokens_limit": self.max_tokens_limit,
+                "max_concurrent": self.slots.limit,
+                "running": self.slots.running,
+                "waiting": self.slots.waiting,
+            }
+        )
+
+    async def models(self, request: Request) -> JSONResponse:
+        card = {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "shadow-edge"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def completions(self, request: Request) -> Any:
+        return await self.answer(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Any:
+        return await self.answer(request, chat=True)
+
+    async def answer(self, request: Request, chat: bool) -> Any:
+        parsed = parse_request(await self.read_json(request), chat, self.max_tokens_limit)
+        reply = Reply(parsed, self.model_name, parsed.return_token_ids or self.model.tokenizer is None)
+        await self.slots.acquire()
+        handed_over = False
+        try:
+            if not parsed.stream:
+                result = await run_in_threadpool(self.call, parsed, False)
+                return JSONResponse(reply.complete(result))
+            responses, first = await run_in_threadpool(self.open_stream, parsed)
+            handed_over = True  # the stream releases the slot when it ends
+            return EventStream(self.events(reply, responses, first), lambda: self.close(responses))
+        except (GenerationError, ValueError) as exc:  # the runtime's checks of the request
+            raise ApiError(400, str(exc)) from None
+        except ShadowEdgeError as exc:
+            raise ApiError(500, str(exc), kind="server_error") from None
+        finally:
+            if not handed_over:
+                self.slots.release()
+
+    async def read_json(self, request: Request) -> Any:
+        too_large = ApiError(
+            413, f"the request body exceeds this server's limit of {self.max_request_bytes} bytes", code="too_large"
+        )
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_request_bytes:
+            raise too_large
+        body = bytearray()
+        async for piece in request.stream():  # chunked bodies have no length to check up front
+            body += piece
+            if len(body) > self.max_request_bytes:
+                raise too_large
+        try:
+            return json.loads(body)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+    def call(self, request: ParsedRequest, stream: bool) -> Any:
+        """The model call (in a worker thread): a GenerationResult, or a Response iterator. A
+        request without max_tokens gets the bundle's default within this server's limit."""
+        model = self.model
+        max_new = request.max_tokens
+        if max_new is None:
+            ids = model.encode_chat(request.messages) if request.chat else model.encode(request.prompt)
+            max_new = max(1, min(model.default_max_new_tokens, self.max_tokens_limit, model.context_length - len(ids)))
+        settings = request.settings | {"max_new_tokens": max_new}
+        if request.chat:
+            # a cascade sends a conversation on to its remote as messages: prefer its chat calls
+            method = getattr(model, "stream_chat" if stream else "chat", None)
+            if method is not None:
+                return method(request.messages, **settings)
+            prompt: str | list[int] = model.encode_chat(request.messages)
+        else:
+            prompt = request.prompt  # type: ignore[assignment]
+        return (model.stream if stream else model.generate)(prompt, **settings)
+
+    def open_stream(self, request: ParsedRequest) -> tuple[Iterator[Response], Response | None]:
+        """The stream and its first Response: taken before the headers go out, so that a request
+        the runtime refuses (some check lazily) still gets a 400 rather than a broken stream."""
+        responses = self.call(request, True)
+        try:
+            return responses, next(responses, None)
+        except BaseException:
+            _close(responses)
+            raise
+
+    def close(self, responses: Iterator[Response]) -> None:
+        _close(responses)
+        self.slots.release()
+
+    async def events(self, reply: Reply, responses: Iterator[Response], first: Response | None) -> AsyncIterator[str]:
+        """SSE chunks, one per Response; the last carries finish_reason (and the cascade's fields)."""
+        response, seen, last = first, 0, None
+        try:
+            while response is not None:
+                last = response
+                # a stream that keeps its own token_ids (the cascade's, whose remote chunks may hold
+                # several ids) tells them; otherwise each Response is one token
+                kept = getattr(responses, "token_ids", None)
+                ids = list(kept[seen:]) if kept is not None else [response.token]
+                seen += len(ids)
+                done = response.finish_reason is not None
+                choice = reply.choice(response.text, ids, response.finish_reason, chunk=True, first=response is first)
+                yield _event(reply.envelope([choice], chunk=True, **(_cascade(responses) if done else {})))
+                if done:
+                    break
+                # one token per worker-thread call: the event loop stays free, and a disconnect
+                # is noticed between tokens
+                response = await run_in_threadpool(next, responses, None)
+        except Exception as exc:  # after the headers: the error can only travel as an event
+            log.exception("generation failed mid-stream")
+            yield _event(ApiError(500, str(exc), kind="server_error").payload())
+        else:
+            if reply.request.include_usage and last is not None:
+                yield _event(reply.envelope([], chunk=True, usage=_usage(last.prompt_tokens, last.new_tokens)))
+        yield "data: [DONE]\n\n"
+
+
+def _close(responses: Iterator[Response]) -> None:
+    close = getattr(responses, "close", None)
+    if close is not None:
+        close()
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    what = "no such route" if exc.status_code == 404 else exc.detail.lower()
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+    message = f"{what}: {request.method} {request.url.path}"
+    return ApiError(exc.status_code, message, code=code, headers=exc.headers).response()
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    return ApiError(500, f"internal error: {exc}", kind="server_error").response()
+
+
+def create_app(
+    model: ServedModel,
+    *,
+    max_tokens_limit: int = MAX_TOKENS_LIMIT,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    max_concurrent: int = MAX_CONCURRENT,
+    max_queued: int = MAX_QUEUED,
+    model_name: str | None = None,
+) -> Starlette:
+    """The ASGI app serving `model` (see the module docstring)."""
+    root = getattr(model, "root", None)
+    name = model_name or (getattr(root, "name", "") or "shadow-edge")
+    server = Server(model, max_tokens_limit, max_request_bytes, max_concurrent, max_queued, name)
+    routes = [
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+    ]
+    handlers = {HTTPException: _http_error, ApiError: _api_error, Exception: _server_error}
+    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    app.state.server = server
+    return app
+
+
+def make_server(
+    model: ServedModel, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **limits: Any
+) -> uvicorn.Server:
+    """A uvicorn server for `model` (not started); limits: create_app()'s keywords."""
+    config = uvicorn.Config(create_app(model, **limits), host=host, port=port, log_level=log_level)
+    return uvicorn.Server(config)
+
+
+def serve(
+    model: ServedModel, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **limits: Any
+) -> None:
+    """Serve `model` until Ctrl-C. Binds to loopback unless `host` says otherwise."""
+    make_server(model, host, port, log_level, **limits).run()
