@@ -15,7 +15,6 @@ Imports only the standard library: both sides (torch exporter, torch-free runtim
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .verify_cache import hash_matches, sha256_file
 
 FORMAT_NAME = "shadow-edge-bundle"
 FORMAT_VERSION = 1
@@ -177,14 +177,6 @@ def _field(data: Any, key: str) -> Any:
     return data.get(key) if isinstance(data, dict) else None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_entries(root: Path) -> dict[str, FileEntry]:
     """Size and sha256 of every file under root except the manifest itself."""
     return {
@@ -229,7 +221,7 @@ def verify_files(bundle: str | Path, manifest: Manifest, names: list[str] | None
         size = path.stat().st_size
         if size != entry.size:
             raise BundleError(f"bundle file {name} has {size} bytes, manifest says {entry.size}: corrupt or truncated")
-        if hashes and sha256_file(path) != entry.sha256:
+        if hashes and not hash_matches(path, entry.sha256):  # remembered per file stat (verify_cache.py)
             raise BundleError(f"bundle file {name} does not match its sha256 in the manifest: corrupt or modified")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from models import tiny_base, write_checkpoint
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
+
+# remembered sha256 checks (verify_cache.py) go to a folder of this run, not the user's cache
+os.environ.setdefault("SHADOW_EDGE_CACHE_DIR", tempfile.mkdtemp(prefix="shadow-edge-test-cache-"))
 
 
 @dataclass

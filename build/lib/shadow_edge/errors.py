@@ -41,6 +41,11 @@ class OutputExistsError(ShadowEdgeError):
     hint = "choose another output path or pass --force to replace it"
 
 
+class OutputError(ShadowEdgeError):
+    """The output cannot be written where asked (it overlaps an input, or the filesystem refused);
+    nothing was written and the inputs and any old output are intact."""
+
+
 class BundleError(ShadowEdgeError):
     """A bundle is missing, corrupt, of an unknown version, or unsafe to load."""
 

@@ -42,6 +42,12 @@ class LoadedCheckpoint:
     explicit_shadow: bool
     shares_base_embeddings: bool  # the shadow is fed the base embeddings (no table of its own)
     trained_heads: list[str]  # heads restored from shadow_modules.safetensors
+    shadow_dir: Path | None = None  # an explicit shadow's folder (its config.json)
+
+    @property
+    def input_dirs(self) -> list[Path]:
+        """Every folder the export read: an output may be none of them, nor hold or lie inside one."""
+        return [p for p in (self.checkpoint_dir, self.base_dir, self.shadow_dir) if p is not None]
 
     @property
     def peft(self) -> Any:
@@ -236,4 +242,5 @@ def load_checkpoint(
         explicit_shadow=explicit,
         shares_base_embeddings=bool(shares and peft._shadow_supports_inputs_embeds),
         trained_heads=trained,
+        shadow_dir=shadow_dir,
     )

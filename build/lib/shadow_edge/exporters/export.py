@@ -36,7 +36,7 @@ from ..errors import ExportError
 from ..runtimes.escalation import EscalationPolicy
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .onnx_export import BUILDERS, DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
-from .staging import staging
+from .staging import check_not_an_input, staging
 from .validate import DEFAULT_TOLERANCE, validate_bundle
 
 STAGES = ("load", "shadow", "shadow_lm", "shadow_head", "backbone", "base_lm", "tokenizer", "validate", "finish")
@@ -185,8 +185,9 @@ def export(
     started = time.perf_counter()
     output = Path(output)
     notify = progress or (lambda stage: None)
-    with _quiet_transformers(), staging(output, force) as folder:
+    with _quiet_transformers(), staging(output, force, inputs=[Path(checkpoint), base, shadow]) as folder:
         loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
+        check_not_an_input(output, loaded.input_dirs)  # also the folders found by the loader
         notify("load")
         names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH)
         names += (BASE_LM_GRAPH,) if with_base else ()

@@ -167,7 +167,7 @@ def quantize_bundle(
     keep, chosen = _check(source, settings, graphs, modes)
     verify_files(source_root, source)
     warnings: list[str] = []
-    with staging(output, force) as folder:
+    with staging(output, force, inputs=[source_root]) as folder:
         weights = SharedWeights(folder / WEIGHTS_FILE)
         specs: dict[str, GraphSpec] = {}
         for name in keep:
