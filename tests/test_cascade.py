@@ -138,6 +138,29 @@ def test_forced_local_escalation_gives_the_attached_answer(tiny_text_export, mod
     )
 
 
+def test_the_backbone_is_opened_on_the_first_local_escalation(tiny_text_export, models):
+    cascade = load_cascade(tiny_text_export.bundle, confidence_threshold=0.0, marker="")
+    assert cascade.generate("the cat", **GREEDY).served_by == "shadow"
+    assert "backbone" not in cascade.runners and cascade.engine is None  # detached mode's memory
+    cascade.policy = cascade.policy.updated(confidence_threshold=1.5)
+    got = cascade.generate("the cat", **GREEDY)
+    assert got.served_by == "attached" and "backbone" in cascade.runners
+    assert got.token_ids == models["attached"].generate("the cat", **GREEDY).token_ids
+    engine = cascade.engine
+    cascade.generate("hello world", **GREEDY)
+    assert cascade.engine is engine  # opened once
+
+
+def test_a_corrupt_backbone_is_refused_at_load_though_opened_later(tiny_text_export, tmp_path):
+    bundle = shutil.copytree(tiny_text_export.bundle, tmp_path / "bundle")
+    onnx_file = bundle / "backbone.onnx"
+    data = bytearray(onnx_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx_file.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="backbone.onnx does not match its sha256"):
+        load_cascade(bundle)
+
+
 def test_marker_escalation(tiny_text_export, models):
     shadow = models["detached"].generate("hello world", **GREEDY)
     marker = shadow.text[:3]  # whatever the shadow says first plays the trained marker

@@ -19,8 +19,9 @@ greedy tokens. One prompt at a time: escalation is a per-request decision.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from .generate import (
     resolve_max_new_tokens,
     stream_rows,
 )
-from .model import ShadowEdgeModel, open_graphs
+from .model import ShadowEdgeModel, open_graphs, verify_graphs
 from .remote import RemoteChunk, RemoteModel
 from .sessions import GraphRunner
 from .tokenizer import Message, Tokenizer
@@ -139,7 +140,9 @@ class CascadeStream:
 
 
 class CascadeModel(ShadowEdgeModel):
-    """A bundle run as a cascade. `engine` is the attached Engine (None with a remote)."""
+    """A bundle run as a cascade. `engine` is the attached Engine, None until the first local
+    escalation opens the backbone (`open_backbone`; never with a remote): a cascade whose shadow
+    answers holds the memory of detached mode, not of attached (issue 15: 360 MB, not 910 MB)."""
 
     def __init__(
         self,
@@ -149,12 +152,24 @@ class CascadeModel(ShadowEdgeModel):
         tokenizer: Tokenizer | None,
         policy: EscalationPolicy,
         remote: RemoteModel | None,
+        open_backbone: Callable[[], dict[str, GraphRunner]] | None = None,
     ) -> None:
-        engine = Engine("attached", runners, manifest.model) if remote is None else None
-        super().__init__(root, manifest, engine, tokenizer)  # type: ignore[arg-type]
+        super().__init__(root, manifest, None, tokenizer)  # type: ignore[arg-type]
         self.runners = runners
         self.policy = policy
         self.remote = remote
+        self._open_backbone = open_backbone
+        self._opening = threading.Lock()
+
+    def attached_engine(self) -> Engine:
+        """The attached Engine, its backbone session opened on the first call (thread-safe)."""
+        with self._opening:
+            if self.engine is None:
+                if self._open_backbone is None:
+                    raise GenerationError("this cascade escalates to a remote server: it has no local backbone")
+                self.runners.update(self._open_backbone())
+                self.engine = Engine("attached", self.runners, self.manifest.model)
+        return self.engine
 
     @property
     def mode(self) -> str:
@@ -222,7 +237,7 @@ class CascadeModel(ShadowEdgeModel):
             yield from self._remote(out, ids, request, config)
         else:
             out.served_by = "attached"
-            yield from self._rows(_Resumed(self.engine, shadow), ids, config)
+            yield from self._rows(_Resumed(self.attached_engine(), shadow), ids, config)
 
     def _rows(self, engine, ids: list[int], config: GenerationConfig) -> Iterator[Response]:
         return stream_rows(
@@ -295,5 +310,13 @@ def load_cascade(
     if client is None and BACKBONE_GRAPH not in manifest.graphs:
         raise GenerationError("this bundle has no backbone graph: a cascade needs --remote URL to escalate to")
     names = CASCADE_GRAPHS["remote" if client else "local"]
-    runners = open_graphs(root, manifest, names, threads, verify, prepack, purpose="the cascade")
-    return CascadeModel(root, manifest, runners, Tokenizer.from_bundle(root, manifest), chosen, client)
+    purpose = "the cascade"
+    verify_graphs(root, manifest, names, verify, purpose)  # all checked now; the backbone opened when first needed
+    shadow_side = [n for n in names if n != BACKBONE_GRAPH]
+    runners = open_graphs(root, manifest, shadow_side, threads, "size", prepack, purpose=purpose)
+
+    def open_backbone() -> dict[str, GraphRunner]:
+        return open_graphs(root, manifest, [BACKBONE_GRAPH], threads, "size", prepack, purpose=purpose)
+
+    opener = open_backbone if BACKBONE_GRAPH in names else None
+    return CascadeModel(root, manifest, runners, Tokenizer.from_bundle(root, manifest), chosen, client, opener)

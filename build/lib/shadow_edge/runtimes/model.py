@@ -108,10 +108,22 @@ def open_graphs(
     purpose: str,
 ) -> dict[str, GraphRunner]:
     """Check the files of the named graphs (and the tokenizer), then open a session for each."""
-    if verify not in VERIFY:
-        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    verify_graphs(root, manifest, names, verify, purpose)
+    runners = {}
+    for name in names:
+        spec = manifest.graphs[name]
+        options = session_options(threads, prepack=prepack, spin=SPIN[name])
+        runners[name] = GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
+    return runners
+
+
+def verify_graphs(root: Path, manifest: Manifest, names: Sequence[str], verify: str, purpose: str) -> None:
+    """Check that the named graphs exist and their files and the tokenizer's: sizes, and sha256 when
+    verify is "hash"."""
+    if verify not in VERIFY:
+        raise ValueError(f"verify must be one of {VERIFY}, got {verify!r}")
     missing = [g for g in names if g not in manifest.graphs]
     if missing:
         raise BundleError(
@@ -122,12 +134,6 @@ def open_graphs(
     if manifest.tokenizer.get("file"):
         needed.append(manifest.tokenizer["file"])
     verify_files(root, manifest, list(dict.fromkeys(needed)), hashes=verify == "hash")
-    runners = {}
-    for name in names:
-        spec = manifest.graphs[name]
-        options = session_options(threads, prepack=prepack, spin=SPIN[name])
-        runners[name] = GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
-    return runners
 
 
 class ShadowEdgeModel:
