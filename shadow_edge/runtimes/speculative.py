@@ -28,7 +28,7 @@ from ..bundle import BACKBONE_GRAPH, CASCADE_GRAPHS, SHADOW_GRAPH, SHADOW_HEAD_G
 from ..errors import BundleError, GenerationError
 from .engine import Engine
 from .generate import GenerationConfig
-from .model import ShadowEdgeModel, open_graphs
+from .model import ShadowEdgeModel, open_bundle
 from .sampling import make_logits_processors
 from .tokenizer import Tokenizer
 
@@ -166,6 +166,5 @@ def load_speculative(
             "speculative decoding needs the attached graphs; this bundle has only: " + ", ".join(manifest.modes)
         )
     names = CASCADE_GRAPHS["local"]  # shadow, shadow head, backbone
-    runners = open_graphs(root, manifest, names, threads, verify, prepack, purpose="speculative decoding")
-    engine = Engine("attached", runners, manifest.model)
-    return SpeculativeModel(root, manifest, engine, Tokenizer.from_bundle(root, manifest), draft_tokens)
+    runners, tokenizer = open_bundle(root, manifest, names, threads, verify, prepack, "speculative decoding")
+    return SpeculativeModel(root, manifest, Engine("attached", runners, manifest.model), tokenizer, draft_tokens)

@@ -41,7 +41,7 @@ from .generate import (
     resolve_max_new_tokens,
     stream_rows,
 )
-from .model import ShadowEdgeModel, open_graphs, verify_graphs
+from .model import ShadowEdgeModel, open_bundle, open_graphs, verify_graphs
 from .remote import RemoteChunk, RemoteModel
 from .sessions import GraphRunner
 from .tokenizer import Message, Tokenizer
@@ -313,10 +313,10 @@ def load_cascade(
     purpose = "the cascade"
     verify_graphs(root, manifest, names, verify, purpose)  # all checked now; the backbone opened when first needed
     shadow_side = [n for n in names if n != BACKBONE_GRAPH]
-    runners = open_graphs(root, manifest, shadow_side, threads, "size", prepack, purpose=purpose)
+    runners, tokenizer = open_bundle(root, manifest, shadow_side, threads, "size", prepack, purpose)
 
     def open_backbone() -> dict[str, GraphRunner]:
         return open_graphs(root, manifest, [BACKBONE_GRAPH], threads, "size", prepack, purpose=purpose)
 
     opener = open_backbone if BACKBONE_GRAPH in names else None
-    return CascadeModel(root, manifest, runners, Tokenizer.from_bundle(root, manifest), chosen, client, opener)
+    return CascadeModel(root, manifest, runners, tokenizer, chosen, client, opener)

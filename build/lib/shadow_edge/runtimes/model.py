@@ -20,6 +20,7 @@ slower; prefer one call at a time on small CPUs, or a batch.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -93,8 +94,7 @@ def load(
     manifest = read_manifest(root)
     if mode not in manifest.modes:
         raise BundleError(f"this bundle does not support {mode} mode (it supports: {', '.join(manifest.modes)})")
-    runners = open_graphs(root, manifest, MODE_GRAPHS[mode], threads, verify, prepack, purpose=f"{mode} mode")
-    tokenizer = Tokenizer.from_bundle(root, manifest)
+    runners, tokenizer = open_bundle(root, manifest, MODE_GRAPHS[mode], threads, verify, prepack, f"{mode} mode")
     return ShadowEdgeModel(root, manifest, Engine(mode, runners, manifest.model), tokenizer)
 
 
@@ -111,12 +111,32 @@ def open_graphs(
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     verify_graphs(root, manifest, names, verify, purpose)
-    runners = {}
-    for name in names:
+
+    def runner(name: str) -> GraphRunner:
         spec = manifest.graphs[name]
         options = session_options(threads, prepack=prepack, spin=SPIN[name])
-        runners[name] = GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
-    return runners
+        return GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options)
+
+    # onnxruntime releases the GIL while it builds a session: graphs open side by side
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), 2))) as pool:
+        return dict(zip(names, pool.map(runner, names), strict=True))
+
+
+def open_bundle(
+    root: Path,
+    manifest: Manifest,
+    names: Sequence[str],
+    threads: int | None,
+    verify: str,
+    prepack: bool,
+    purpose: str,
+) -> tuple[dict[str, GraphRunner], Tokenizer | None]:
+    """open_graphs() and the tokenizer at once: parsing tokenizer.json holds the GIL (0.2 s for
+    SmolLM2's) while the sessions are built without it, so start-up costs the longer of the two."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        tokenizer = pool.submit(Tokenizer.from_bundle, root, manifest)
+        runners = open_graphs(root, manifest, names, threads, verify, prepack, purpose)
+        return runners, tokenizer.result()
 
 
 def verify_graphs(root: Path, manifest: Manifest, names: Sequence[str], verify: str, purpose: str) -> None:
