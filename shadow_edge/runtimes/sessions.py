@@ -16,6 +16,9 @@ from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec
 from ..errors import BundleError
 from .kv_cache import KVCache
 
+_state = ort.capi.onnxruntime_pybind11_state
+ORT_RUN_ERRORS = (_state.Fail, _state.InvalidArgument, _state.RuntimeException)  # share no base but Exception
+
 
 def session_options(threads: int | None = None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
     """CPU options; prepack=False keeps MatMul/Gemm weights in the memory-mapped weights file
@@ -47,6 +50,22 @@ class GraphRunner:
             raise BundleError(f"onnxruntime cannot load {path.name}: {first}") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._check_against_manifest(path.name)
+
+    def _check_against_manifest(self, file: str) -> None:
+        """The graph must take the inputs the manifest lists, with the cache's KV shapes: a manifest
+        that disagrees with its graph is refused here, not by a shape error mid-generation."""
+        listed = {t.name for t in self.spec.inputs}
+        if self.input_names != listed:
+            odd = sorted(self.input_names ^ listed)
+            raise BundleError(f"{file} does not match the manifest: inputs {odd[:4]} are in one but not the other")
+        want = {1: self.cache_spec.num_kv_heads, 3: self.cache_spec.head_dim}
+        for value in self.session.get_inputs():
+            if value.name.startswith("past_key_values."):
+                for axis, size in want.items():
+                    dim = value.shape[axis] if len(value.shape) > axis else None
+                    if isinstance(dim, int) and dim != size:
+                        raise BundleError(f"{file}: {value.name} has {dim} at axis {axis}, the manifest says {size}")
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.cache_spec, batch)
@@ -71,10 +90,18 @@ class GraphRunner:
             feeds[SHADOW_STATES] = shadow_states
         if LOGITS_TO_KEEP in self.input_names:
             feeds[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
-        outputs = self.session.run(self.output_names, feeds)
+        outputs = self._run(feeds)
         cache.update(outputs[1:])
         return outputs[0]
 
     def head(self, shadow_states: np.ndarray) -> np.ndarray:
         """A cacheless head graph (shadow_head): logits [batch, seq, vocab] of the states given."""
-        return self.session.run(self.output_names, {SHADOW_STATES: np.ascontiguousarray(shadow_states)})[0]
+        return self._run({SHADOW_STATES: np.ascontiguousarray(shadow_states)})[0]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.session.run(self.output_names, feeds)
+        except ORT_RUN_ERRORS as exc:
+            # the inputs are built from the manifest: a graph that refuses them disagrees with it
+            first = str(exc).strip().splitlines()[0][:300]
+            raise BundleError(f"onnxruntime failed running {self.spec.file}: {first}") from None
