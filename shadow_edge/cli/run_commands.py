@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .common import app, console, err_console, fail, friendly_errors
+from .common import app, console, err_console, fail, friendly_errors, warn
 
 
 @app.command()
@@ -68,6 +68,7 @@ def run(
         raise GenerationError("--greedy cannot be combined with --temperature, --top-k or --top-p")
     if threads is not None and threads < 1:
         raise GenerationError(f"--threads must be at least 1, got {threads}")
+    threads = _threads(threads)
     policy = dict(
         remote=remote,
         confidence_threshold=confidence_threshold,
@@ -89,7 +90,7 @@ def run(
         stop=stop,
     )
     settings = {k: v for k, v in flags.items() if v is not None}
-    interactive = chat and prompt is None and sys.stdin.isatty()
+    interactive = chat and prompt is None and stdin_is_terminal()
     if interactive and as_json:
         raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
     opened = dict(threads=threads, verify="size" if no_verify else "hash", prepack=not low_memory)
@@ -103,13 +104,15 @@ def run(
         model = load_speculative(bundle, draft_tokens=draft_tokens, **opened)
     else:
         model = load(bundle, mode="detached" if detached else "attached", **opened)
+    if no_verify:  # once the sizes passed: what follows is not checked
+        warn("--no-verify: weights are not checked against their sha256; corrupt ones may give wrong tokens")
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
         raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")
     if interactive:
         _chat_loop(model, settings)
         return
     if chat:
-        messages = [{"role": "user", "content": prompt if prompt is not None else sys.stdin.read()}]
+        messages = [{"role": "user", "content": prompt if prompt is not None else read_stdin()}]
         if as_json:
             print(json.dumps(_with_stats(model, model.chat(messages, **settings).to_dict())))
             return
@@ -120,6 +123,44 @@ def run(
         print(json.dumps(_with_stats(model, model.generate(request, **settings).to_dict())))
         return
     _stream(model, model.stream(request, **settings))
+
+
+def _threads(threads: int | None) -> int | None:
+    from ..runtimes.sessions import capped_threads
+
+    threads, warning = capped_threads(threads)
+    if warning:
+        warn(warning)
+    return threads
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+
+
+def read_stdin() -> str:
+    """The message `--chat` without `--prompt` reads from a pipe: stdin must be open and UTF-8."""
+    from ..errors import GenerationError
+
+    no_stdin = GenerationError(
+        "--chat without --prompt reads the message from stdin, which is closed", hint="pass --prompt TEXT"
+    )
+    if sys.stdin is None or sys.stdin.closed:
+        raise no_stdin
+    try:
+        text = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    except (OSError, ValueError):  # EBADF: file descriptor 0 closed under Python
+        raise no_stdin from None
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GenerationError(
+                f"the message on stdin is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
+    if not text.strip():
+        raise GenerationError("--chat without --prompt read an empty message from stdin", hint="pass --prompt TEXT")
+    return text
 
 
 def _with_stats(model: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -179,6 +220,7 @@ def serve(
     """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from ..runtimes.model import MODES, load
 
+    threads = _threads(threads)
     try:
         from ..runtimes.server import serve as run_server
     except ImportError as exc:

@@ -7,6 +7,7 @@ updates the cache in place.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,23 @@ _state = ort.capi.onnxruntime_pybind11_state
 ORT_RUN_ERRORS = (_state.Fail, _state.InvalidArgument, _state.RuntimeException)  # share no base but Exception
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def capped_threads(threads: int | None) -> tuple[int | None, str]:
+    """`threads` limited to the usable cores, and a warning when it asked for more: more intra-op
+    threads than cores only make them wait for each other (1000 threads decoded 50x slower)."""
+    cores = usable_cores()
+    if threads is None or threads <= cores:
+        return threads, ""
+    return cores, f"{threads} threads asked for, but this machine has {cores} usable cores: using {cores}"
+
+
 def session_options(threads: int | None = None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
     """CPU options; prepack=False keeps MatMul/Gemm weights in the memory-mapped weights file
     instead of a private repacked copy per session; spin=False lets the intra-op threads sleep as
@@ -31,7 +49,7 @@ def session_options(threads: int | None = None, prepack: bool = True, spin: bool
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
-        options.intra_op_num_threads = int(threads)
+        options.intra_op_num_threads = int(capped_threads(threads)[0] or threads)
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
@@ -100,8 +118,17 @@ class GraphRunner:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            return self.session.run(self.output_names, feeds)
+            outputs = self.session.run(self.output_names, feeds)
         except ORT_RUN_ERRORS as exc:
             # the inputs are built from the manifest: a graph that refuses them disagrees with it
             first = str(exc).strip().splitlines()[0][:300]
             raise BundleError(f"onnxruntime failed running {self.spec.file}: {first}") from None
+        # NaN/inf never come out of sound weights, and would be sampled as token 0 or garbage.
+        # Checking the last position only costs ~10 us a step (one vocabulary row).
+        last = outputs[0][:, -1] if outputs[0].ndim == 3 else outputs[0]
+        if not np.isfinite(last).all():
+            raise BundleError(
+                f"{self.spec.file} produced non-finite values (NaN or inf): its weights are probably corrupt",
+                hint="check them against their sha256 (run without --no-verify), or re-export the bundle",
+            )
+        return outputs
