@@ -216,6 +216,19 @@ def serve(
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
     max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SHADOW_EDGE_API_KEY", show_envvar=True, help="require Authorization: Bearer KEY"),
+    ] = None,
+    allow_no_auth: Annotated[
+        bool, typer.Option("--allow-no-auth", help="serve a network address without an API key")
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="web origin allowed to call the server from a browser (repeatable)")
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None, typer.Option(help="Host name to answer to (repeatable; default on loopback: localhost)")
+    ] = None,
 ) -> None:
     """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from ..runtimes.model import MODES, load
@@ -225,6 +238,9 @@ def serve(
         from ..runtimes.server import serve as run_server
     except ImportError as exc:
         fail(f"{exc.name or exc} is not installed", 'install the serve extra: pip install "shadow-edge[serve]"')
+    from ..runtimes.server_guard import exposure
+
+    exposure(host, api_key, allow_no_auth)  # refused before the model loads; the server prints the warning
     if mode not in (*MODES, "cascade"):
         fail(f"--mode must be one of {', '.join(MODES)} or cascade, got {mode!r}")
     if remote is not None and mode != "cascade":
@@ -240,4 +256,7 @@ def serve(
     console.print(line, highlight=False, soft_wrap=True)
     console.file.flush()  # before the server blocks: a pipe or a log file gets the line now
     limits = dict(max_tokens_limit=max_tokens_limit, max_concurrent=max_concurrent)
-    run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits)
+    access = dict(
+        api_key=api_key, allow_no_auth=allow_no_auth, cors_origins=cors_origin or (), allowed_hosts=allowed_host
+    )
+    run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits, **access)
