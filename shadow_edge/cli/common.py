@@ -6,6 +6,7 @@ import errno
 import os
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -60,6 +61,8 @@ def os_error_message(exc: OSError) -> tuple[str, str]:
     """(what happened, what to do next) for a filesystem or socket error: one line naming the path."""
     problem, hint = OS_PROBLEMS.get(exc.errno or 0, (exc.strerror or str(exc), ""))
     paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if exc.errno == errno.EEXIST and paths and Path(paths[0]).is_file():  # mkdir(parents=True) through a file
+        problem, hint = "is a file where a folder is needed", "check the path"
     return (f"{' -> '.join(paths)}: {problem}" if paths else problem[:1].upper() + problem[1:]), hint
 
 
