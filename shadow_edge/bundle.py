@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,6 @@ LIMITS = {
     "TensorSpec.shape": (0, 1 << 31),  # 0: a dimension the graph leaves unnamed
     "GraphSpec.weight_bytes_per_token": (0, MAX_BYTES),
     "FileEntry.size": (0, MAX_BYTES),
-    "Manifest.format_version": (FORMAT_VERSION, FORMAT_VERSION),
     "Manifest.generation.max_new_tokens": (1, 1 << 24),
     "Manifest.generation.temperature": (0, 1e4),
     "Manifest.generation.top_k": (0, MAX_VOCAB),
@@ -256,14 +256,25 @@ def _check_graph_io(graph: str, spec: GraphSpec, cache: CacheSpec, vocab_size: i
             f"its cache of {cache.num_layers} layers needs {2 * cache.num_layers} of each"
         )
     for t in tensors:
-        kv = t.name.startswith(("past_key_values.", "present."))
-        want = {1: cache.num_kv_heads, 3: cache.head_dim} if kv else {2: vocab_size} if t.name == "logits" else {}
-        if t.name == "logits" and graph not in LM_GRAPHS:
-            continue
-        for axis, size in want.items():
-            dim = t.shape[axis] if len(t.shape) > axis else None
-            if isinstance(dim, int) and dim and dim != size:
-                raise BundleError(f"manifest graph {graph}: {t.name} has {dim} at axis {axis}, the model says {size}")
+        wrong = shape_mismatch(t.name, t.shape, cache, vocab_size if graph in LM_GRAPHS else None)
+        if wrong:
+            raise BundleError(f"manifest graph {graph}: {wrong}")
+
+
+def shape_mismatch(name: str, shape: Sequence[Any], cache: CacheSpec, vocab_size: int | None = None) -> str:
+    """What a tensor's fixed dimensions contradict ('' if nothing): a KV tensor's heads and
+    head_dim, and the vocabulary width of logits (symbolic and unnamed dimensions pass)."""
+    if name.startswith(("past_key_values.", "present.")):
+        want = {1: cache.num_kv_heads, 3: cache.head_dim}
+    elif name == "logits" and vocab_size is not None:
+        want = {2: vocab_size}
+    else:
+        return ""
+    for axis, size in want.items():
+        dim = shape[axis] if len(shape) > axis else None
+        if isinstance(dim, int) and dim and dim != size:
+            return f"{name} has {dim} at axis {axis}, the manifest's model says {size}"
+    return ""
 
 
 def check_file_name(name: str) -> None:

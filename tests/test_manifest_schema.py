@@ -68,7 +68,7 @@ NAMED = [
     (("graphs", "shadow", "file"), "/etc/passwd", "names a file outside the bundle: '/etc/passwd'"),
     (("graphs", "shadow", "file"), "a\\..\\shadow.onnx", "malformed file name"),
     (("graphs", "shadow", "inputs"), {"name": "x"}, "graphs.shadow.inputs must be a list"),
-    (("model", "base", "head_dim"), 32, "past_key_values.0.key has 16 at axis 3, the model says 32"),
+    (("model", "base", "head_dim"), 32, "past_key_values.0.key has 16 at axis 3, the manifest's model says 32"),
     (("model", "base", "num_layers"), 2, "needs 4 of each"),
     (("generation", "max_new_tokens"), "many", "generation.max_new_tokens must be an integer"),
     (("tokenizer", "add_bos_token"), 1, "tokenizer.add_bos_token must be true or false"),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec
+from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec, shape_mismatch
 from ..errors import BundleError
 from .kv_cache import KVCache
 
@@ -77,13 +77,10 @@ class GraphRunner:
         if self.input_names != listed:
             odd = sorted(self.input_names ^ listed)
             raise BundleError(f"{file} does not match the manifest: inputs {odd[:4]} are in one but not the other")
-        want = {1: self.cache_spec.num_kv_heads, 3: self.cache_spec.head_dim}
         for value in self.session.get_inputs():
-            if value.name.startswith("past_key_values."):
-                for axis, size in want.items():
-                    dim = value.shape[axis] if len(value.shape) > axis else None
-                    if isinstance(dim, int) and dim != size:
-                        raise BundleError(f"{file}: {value.name} has {dim} at axis {axis}, the manifest says {size}")
+            wrong = shape_mismatch(value.name, value.shape, self.cache_spec)
+            if wrong:
+                raise BundleError(f"{file} does not match the manifest: {wrong}")
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.cache_spec, batch)
