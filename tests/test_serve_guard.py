@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import shadow_edge
 from shadow_edge.cli import app
-from shadow_edge.errors import ServeError
+from shadow_edge.errors import RemoteError, ServeError
 from shadow_edge.runtimes.server import make_server
 from shadow_edge.runtimes.server_guard import exposure, host_name
 
@@ -89,6 +89,21 @@ def test_an_api_key_is_required_as_a_bearer_token(model):
         status, payload, _ = call(url, Authorization=f"Bearer {KEY}", **JSON)
         assert status == 200 and len(payload["choices"][0]["token_ids"]) == 2
         assert call(url, "GET", "/v1/models")[0] == 401
+
+
+def test_a_cascade_escalates_to_a_protected_remote_with_its_key(tiny_text_export):
+    attached = shadow_edge.load(tiny_text_export.bundle)
+    want = attached.generate("the cat", max_new_tokens=4, temperature=0).token_ids
+    with running(attached, api_key=KEY) as url:
+        for key, ok in ((KEY, True), (None, False), ("wrong", False)):
+            cascade = shadow_edge.load_cascade(
+                tiny_text_export.bundle, remote=url, remote_api_key=key, confidence_threshold=1.5
+            )
+            if ok:
+                assert cascade.generate("the cat", max_new_tokens=4, temperature=0).token_ids == want
+            else:
+                with pytest.raises(RemoteError, match="answered 401"):
+                    cascade.generate("the cat", max_new_tokens=4, temperature=0)
 
 
 def test_the_api_key_comes_from_the_environment_for_the_command(tmp_path, monkeypatch):

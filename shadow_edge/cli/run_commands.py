@@ -12,6 +12,11 @@ from rich.markup import escape
 
 from .common import app, console, err_console, fail, friendly_errors, warn
 
+RemoteApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="SHADOW_EDGE_REMOTE_API_KEY", show_envvar=True, help="--remote's API key (Bearer)"),
+]
+
 
 @app.command()
 @friendly_errors
@@ -29,6 +34,7 @@ def run(
     ] = False,
     draft_tokens: Annotated[int, typer.Option(min=1, help="--speculative: most tokens drafted per backbone pass")] = 4,
     remote: Annotated[str | None, typer.Option(help="--cascade: OpenAI-compatible server to escalate to")] = None,
+    remote_api_key: RemoteApiKey = None,
     confidence_threshold: Annotated[
         float | None, typer.Option(min=0.0, help="--cascade: escalate if a first token's top-1 prob is below")
     ] = None,
@@ -97,7 +103,7 @@ def run(
     if cascade:
         from ..runtimes.cascade import load_cascade
 
-        model = load_cascade(bundle, **opened, **policy)
+        model = load_cascade(bundle, **opened, **policy, remote_api_key=remote_api_key)
     elif speculative:
         from ..runtimes.speculative import load_speculative
 
@@ -213,6 +219,7 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     mode: Annotated[str, typer.Option(help="attached, detached, base or cascade")] = "attached",
     remote: Annotated[str | None, typer.Option(help="--mode cascade: server to escalate to")] = None,
+    remote_api_key: RemoteApiKey = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
     max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
@@ -248,7 +255,7 @@ def serve(
     if mode == "cascade":  # a device-side server: the shadow answers, escalating per the bundle's policy
         from ..runtimes.cascade import load_cascade
 
-        model = load_cascade(bundle, remote=remote, threads=threads)
+        model = load_cascade(bundle, remote=remote, threads=threads, remote_api_key=remote_api_key)
     else:
         model = load(bundle, mode=mode, threads=threads)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
