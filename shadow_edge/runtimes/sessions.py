@@ -49,7 +49,7 @@ def session_options(threads: int | None = None, prepack: bool = True, spin: bool
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
-        options.intra_op_num_threads = int(capped_threads(threads)[0] or threads)
+        options.intra_op_num_threads = min(int(threads), usable_cores())  # more only wait for each other
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
