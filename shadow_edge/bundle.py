@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .manifest_schema import MAX_MANIFEST_BYTES, build, loads
 from .verify_cache import hash_matches, sha256_file
 
 FORMAT_NAME = "shadow-edge-bundle"
@@ -142,35 +144,146 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
+        """A manifest from untrusted JSON data: every field typed and bounded (manifest_schema.py),
+        then checked for consistency (file names, token ids, graph I/O against the caches)."""
         if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
-            raise BundleError(f"manifest is not a {FORMAT_NAME} manifest (format={_field(data, 'format')!r})")
+            raise BundleError(f"manifest is not a {FORMAT_NAME} manifest (format={_field(data, 'format')!r:.80})")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
             raise BundleError(
-                f"bundle format version {version!r} is not supported (this shadow-edge reads version {FORMAT_VERSION})",
+                f"bundle format version {version!r:.40} is not supported "
+                f"(this shadow-edge reads version {FORMAT_VERSION})",
                 hint="re-export the checkpoint with this version of shadow-edge",
             )
-        try:
-            model = dict(data["model"])
-            model["base"] = CacheSpec(**model["base"])
-            model["shadow"] = CacheSpec(**model["shadow"])
-            graph_fields = {f.name for f in fields(GraphSpec)}  # newer optional fields are ignored
-            graphs = {
-                name: GraphSpec(
-                    **{
-                        **{k: v for k, v in g.items() if k in graph_fields},
-                        "inputs": [TensorSpec(**t) for t in g["inputs"]],
-                        "outputs": [TensorSpec(**t) for t in g["outputs"]],
-                    }
-                )
-                for name, g in data["graphs"].items()
-            }
-            files = {name: FileEntry(**f) for name, f in data["files"].items()}
-            known = {f.name for f in fields(cls)}
-            rest = {k: v for k, v in data.items() if k in known and k not in ("model", "graphs", "files")}
-            return cls(model=ModelSpec(**model), graphs=graphs, files=files, **rest)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"manifest is malformed: {exc}") from None
+        manifest = build(cls, data, LIMITS, SECTIONS)
+        check_consistency(manifest)
+        return manifest
+
+
+# -- the schema's bounds (manifest_schema.py enforces them and the type hints above) -----------------
+
+MAX_LAYERS = 1024
+MAX_VOCAB = 1 << 22  # Gemma 3's 262,144 is the largest vocabulary of a supported family
+MAX_HIDDEN = 1 << 17
+MAX_BYTES = 1 << 44  # 16 TiB
+MAX_NAME = 256  # characters of a graph input/output name or of one file name component
+LIMITS = {
+    "CacheSpec.num_layers": (1, MAX_LAYERS),
+    "CacheSpec.num_kv_heads": (1, 1024),
+    "CacheSpec.head_dim": (1, 4096),
+    "CacheSpec.hidden_size": (1, MAX_HIDDEN),
+    "ModelSpec.vocab_size": (1, MAX_VOCAB),
+    "ModelSpec.hidden_size": (1, MAX_HIDDEN),
+    "ModelSpec.max_position_embeddings": (1, 1 << 24),
+    "ModelSpec.bos_token_id": (0, MAX_VOCAB),
+    "ModelSpec.eos_token_ids": (0, MAX_VOCAB),
+    "ModelSpec.pad_token_id": (-1, 1 << 31),  # some configs name a pad id outside the vocabulary
+    "TensorSpec.shape": (0, 1 << 31),  # 0: a dimension the graph leaves unnamed
+    "GraphSpec.weight_bytes_per_token": (0, MAX_BYTES),
+    "FileEntry.size": (0, MAX_BYTES),
+    "Manifest.generation.max_new_tokens": (1, 1 << 24),
+    "Manifest.generation.temperature": (0, 1e4),
+    "Manifest.generation.top_k": (0, MAX_VOCAB),
+    "Manifest.generation.top_p": (0, 1),
+    "Manifest.generation.repetition_penalty": (0, 1e4),
+    "Manifest.generation.eos_token_ids": (0, MAX_VOCAB),
+    "Manifest.escalation.marker_ids": (0, MAX_VOCAB),
+    "Manifest.escalation.confidence_threshold": (0, 1e4),
+    "Manifest.escalation.max_mean_entropy": (0, 1e4),
+    "Manifest.escalation.window": (1, 1 << 16),
+}
+# the keys the runtime reads from the free-form sections, and their types
+SECTIONS = {
+    "Manifest.generation": {
+        "max_new_tokens": int,
+        "temperature": float,
+        "top_k": int,
+        "top_p": float,
+        "repetition_penalty": float,
+        "eos_token_ids": list[int],
+    },
+    "Manifest.tokenizer": {
+        "file": str,
+        "chat_template": str | None,
+        "bos_token": str | None,
+        "eos_token": str | None,
+        "pad_token": str | None,
+        "add_bos_token": bool,
+    },
+    "Manifest.escalation": {
+        "marker": str | None,
+        "marker_ids": list[int] | None,
+        "confidence_threshold": float,
+        "max_mean_entropy": float | None,
+        "window": int,
+    },
+}
+# graphs whose `logits` output spans the vocabulary
+LM_GRAPHS = (SHADOW_LM_GRAPH, BACKBONE_GRAPH, BASE_LM_GRAPH, SHADOW_HEAD_GRAPH)
+
+
+def check_consistency(manifest: Manifest) -> None:
+    """What types cannot say: file names stay inside the bundle and are listed, token ids lie in
+    the vocabulary, and each graph's cache inputs/outputs are those its cache spec implies (so a
+    layer count or KV shape that disagrees with the graph is refused before anything is sized by it)."""
+    model = manifest.model
+    for name in manifest.files:
+        check_file_name(name)
+    named = [spec.file for spec in manifest.graphs.values()]
+    named += [manifest.tokenizer["file"]] if manifest.tokenizer.get("file") else []
+    for name in named:
+        check_file_name(name)
+        if name not in manifest.files:
+            raise BundleError(f"manifest lists no file {name!r}")
+    ids = [model.bos_token_id, *model.eos_token_ids, *manifest.generation.get("eos_token_ids", [])]
+    bad = [t for t in ids if t is not None and t >= model.vocab_size]
+    if bad:
+        raise BundleError(f"manifest names token id {bad[0]}, outside the vocabulary (0..{model.vocab_size - 1})")
+    for graph, spec in manifest.graphs.items():
+        _check_graph_io(graph, spec, cache_for(model, graph), model.vocab_size)
+
+
+def _check_graph_io(graph: str, spec: GraphSpec, cache: CacheSpec, vocab_size: int) -> None:
+    tensors = [*spec.inputs, *spec.outputs]
+    for t in tensors:
+        if not t.name or len(t.name) > MAX_NAME or "\x00" in t.name or len(t.shape) > 8 or len(t.dtype) > 32:
+            raise BundleError(f"manifest graph {graph} has a malformed input/output {t.name[:MAX_NAME]!r}")
+    past = sorted(t.name for t in spec.inputs if t.name.startswith("past_key_values."))
+    present = sorted(t.name for t in spec.outputs if t.name.startswith("present."))
+    if past and (past != sorted(cache.past_names()) or present != sorted(cache.present_names())):
+        raise BundleError(
+            f"manifest graph {graph} has {len(past)} cache inputs and {len(present)} cache outputs, "
+            f"its cache of {cache.num_layers} layers needs {2 * cache.num_layers} of each"
+        )
+    for t in tensors:
+        wrong = shape_mismatch(t.name, t.shape, cache, vocab_size if graph in LM_GRAPHS else None)
+        if wrong:
+            raise BundleError(f"manifest graph {graph}: {wrong}")
+
+
+def shape_mismatch(name: str, shape: Sequence[Any], cache: CacheSpec, vocab_size: int | None = None) -> str:
+    """What a tensor's fixed dimensions contradict ('' if nothing): a KV tensor's heads and
+    head_dim, and the vocabulary width of logits (symbolic and unnamed dimensions pass)."""
+    if name.startswith(("past_key_values.", "present.")):
+        want = {1: cache.num_kv_heads, 3: cache.head_dim}
+    elif name == "logits" and vocab_size is not None:
+        want = {2: vocab_size}
+    else:
+        return ""
+    for axis, size in want.items():
+        dim = shape[axis] if len(shape) > axis else None
+        if isinstance(dim, int) and dim and dim != size:
+            return f"{name} has {dim} at axis {axis}, the manifest's model says {size}"
+    return ""
+
+
+def check_file_name(name: str) -> None:
+    """A bundle file name is a relative POSIX path inside the bundle, of plain components."""
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts:
+        raise BundleError(f"manifest names a file outside the bundle: {name[:MAX_NAME]!r}")
+    if "\x00" in name or "\\" in name or any(p in ("", ".") or len(p) > MAX_NAME for p in parts) or len(parts) > 8:
+        raise BundleError(f"manifest has a malformed file name {name[:MAX_NAME]!r} (a relative path of plain names)")
 
 
 def _field(data: Any, key: str) -> Any:
@@ -201,11 +314,9 @@ def read_manifest(bundle: str | Path) -> Manifest:
         raise BundleError(f"bundle folder not found: {root}", hint="pass the folder `shadow-edge export` wrote")
     if not path.is_file():
         raise BundleError(f"no {MANIFEST_FILE} in {root}: not a shadow-edge bundle")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from None
-    return Manifest.from_dict(data)
+    if path.stat().st_size > MAX_MANIFEST_BYTES:  # before reading it
+        raise BundleError(f"{path} has {path.stat().st_size} bytes, more than a manifest may ({MAX_MANIFEST_BYTES})")
+    return Manifest.from_dict(loads(path.read_bytes(), str(path)))
 
 
 def verify_files(bundle: str | Path, manifest: Manifest, names: list[str] | None = None, hashes: bool = True) -> None:

@@ -63,3 +63,7 @@ class RemoteError(ShadowEdgeError):
     """The cascade's remote server could not be reached or refused the request."""
 
     hint = "check --remote (an OpenAI-compatible server, e.g. `shadow-edge serve BUNDLE`)"
+
+
+class ServeError(ShadowEdgeError):
+    """`serve` refused its settings (an exposed address without an API key, an empty key)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -20,6 +22,26 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+DEBUG_VARIABLE = "SHADOW_EDGE_DEBUG"
+DEBUG_HINT = f"{DEBUG_VARIABLE}=1 shows the traceback"
+
+# errno -> (the problem, what to do next): filesystem errors name the path and say what went wrong
+OS_PROBLEMS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write somewhere else"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else"),
+    errno.EROFS: ("the filesystem is read-only", "write to a folder on a writable filesystem"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "check the path"),
+    errno.EACCES: ("permission denied", "check its permissions or use another path"),
+    errno.EPERM: ("operation not permitted", "check its permissions or use another path"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENAMETOOLONG: ("the name is too long", "use a shorter path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or close other programs"),
+    errno.EADDRINUSE: ("the address is already in use", "choose another --port or stop the other server"),
+    errno.EADDRNOTAVAIL: ("the address is not available on this machine", "check --host"),
+}
+
+
 def fail(message: str, hint: str = "") -> None:
     """One line on stderr (never wrapped), then exit 1. Messages quote user input: escape Rich markup."""
     err_console.print(
@@ -30,22 +52,54 @@ def fail(message: str, hint: str = "") -> None:
     raise typer.Exit(1)
 
 
+def warn(message: str) -> None:
+    """One warning line on stderr; the command goes on."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def os_error_message(exc: OSError) -> tuple[str, str]:
+    """(what happened, what to do next) for a filesystem or socket error: one line naming the path."""
+    problem, hint = OS_PROBLEMS.get(exc.errno or 0, (exc.strerror or str(exc), ""))
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if exc.errno == errno.EEXIST and paths and Path(paths[0]).is_file():  # mkdir(parents=True) through a file
+        problem, hint = "is a file where a folder is needed", "check the path"
+    return (f"{' -> '.join(paths)}: {problem}" if paths else problem[:1].upper() + problem[1:]), hint
+
+
+def error_message(exc: BaseException) -> tuple[str, str] | None:
+    """The CLI's one error table: (message, hint) for an expected failure, None for a bug (which
+    keeps its traceback). Every hint names the debug variable."""
+    if isinstance(exc, ShadowEdgeError):
+        message, hint = str(exc), exc.hint
+    elif isinstance(exc, ImportError):
+        message, hint = (
+            f"{exc.name or exc} is not installed",
+            'install the export extra: pip install "shadow-edge[export]"',
+        )
+    elif isinstance(exc, OSError):
+        message, hint = os_error_message(exc)
+    else:
+        return None
+    return message, f"{hint} ({DEBUG_HINT})" if hint else DEBUG_HINT
+
+
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors (and Ctrl-C) into one line and a non-zero exit."""
+    """Turn expected failures (error_message's table, and Ctrl-C) into one line and a non-zero exit."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if os.environ.get("SHADOW_EDGE_DEBUG"):
+        if os.environ.get(DEBUG_VARIABLE):
             return command(*args, **kwargs)
         try:
             return command(*args, **kwargs)
-        except ShadowEdgeError as exc:
-            fail(str(exc), exc.hint)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]: nothing was written")
             raise typer.Exit(130) from None
-        except ImportError as exc:
-            fail(f"{exc.name or exc} is not installed", 'install the export extra: pip install "shadow-edge[export]"')
+        except Exception as exc:
+            known = error_message(exc)
+            if known is None:
+                raise
+            fail(*known)
 
     return run
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rich.errors import MarkupError
+from rich.markup import escape
 from rich.table import Table
 
 from .common import console, err_console, human_bytes
@@ -17,36 +19,60 @@ def print_manifest(bundle: Path) -> None:
     m = read_manifest(bundle)
     model = m.model
     console.print(
-        f"[bold]{bundle}[/]  {model.architecture}  vocab {model.vocab_size}  hidden {model.hidden_size}  "
-        f"modes: {', '.join(m.modes)}"
+        f"[bold]{escape(str(bundle))}[/]  {escape(model.architecture)}  vocab {model.vocab_size}  "
+        f"hidden {model.hidden_size}  modes: {escape(', '.join(m.modes))}"
     )
     caches = Table("cache", "layers", "kv heads", "head dim", "hidden", title="KV caches")
     for name, spec in (("base", model.base), ("shadow", model.shadow)):
         caches.add_row(name, str(spec.num_layers), str(spec.num_kv_heads), str(spec.head_dim), str(spec.hidden_size))
     console.print(caches)
     graphs = Table("graph", "file", "built", "precision", "inputs", "outputs", "weights", title="Graphs")
-    per_graph = m.source.get("weights", {}).get("bytes_per_graph", {})
-    builders = m.source.get("graph_builders", {})  # bundles before 0.2 were traced
+    per_graph = _lookup(m.source, "weights", "bytes_per_graph")
+    builders = _lookup(m.source, "graph_builders")  # bundles before 0.2 were traced
     for name, g in m.graphs.items():
         cached = any(t.name.startswith("past_key_values") for t in g.inputs)
         ins = ", ".join(t.name for t in g.inputs if not t.name.startswith("past_key_values"))
         outs = ", ".join(t.name for t in g.outputs if not t.name.startswith("present"))
         ins, outs = (ins + ", past_key_values.*", outs + ", present.*") if cached else (ins, outs)
-        built = builders.get(name, "traced")
-        graphs.add_row(name, g.file, built, g.precision, ins, outs, human_bytes(per_graph.get(name, 0)))
+        built = str(builders.get(name, "traced"))
+        weights = per_graph.get(name, 0)
+        shown = human_bytes(weights) if isinstance(weights, (int, float)) else "?"
+        graphs.add_row(*map(escape, (name, g.file, built, g.precision, ins, outs, shown)))  # names from the manifest
     console.print(graphs)
     files = Table("file", "size", "sha256", title=f"Files ({human_bytes(sum(f.size for f in m.files.values()))})")
     for name, f in m.files.items():
-        files.add_row(name, human_bytes(f.size), f.sha256[:12])
+        files.add_row(escape(name), human_bytes(f.size), escape(f.sha256[:12]))
     console.print(files)
     if m.fidelity:
-        print_fidelity(m.fidelity)
+        _free_form("fidelity", print_fidelity, m.fidelity)
     if "shadow_head" in m.graphs:
         policy = {k: v for k, v in m.escalation.items() if v is not None}
         console.print(f"cascade: yes (`run --cascade`); escalation defaults: {json.dumps(policy)}", highlight=False)
+    _free_form("validation", _print_validation, m)
+
+
+def _lookup(section: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """section[k1][k2]..., or {} where the free-form section does not hold an object there."""
+    for key in keys:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def _free_form(what: str, render: Any, *args: Any) -> None:
+    """Render a free-form section (written by the exporter, not typed by the schema): a section
+    that does not have the expected shape is reported, not a traceback."""
+    try:
+        render(*args)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, MarkupError) as exc:
+        err_console.print(
+            f"[yellow]the manifest's {what} figures are unreadable ({escape(f'{type(exc).__name__}: {exc}')})[/]"
+        )
+
+
+def _print_validation(m: Any) -> None:
     v = m.validation
     if v.get("skipped") or not v:
-        console.print(f"[yellow]validation: {v.get('reason', 'skipped at export')}[/]")
+        console.print(f"[yellow]validation: {escape(str(v.get('reason', 'skipped at export')))}[/]")
         return
     table = Table(
         "mode", "max |logit diff|", "argmax agree", "greedy match", title=f"Validation (tolerance {v['tolerance']:g})"

@@ -10,7 +10,12 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .common import app, console, err_console, fail, friendly_errors
+from .common import app, console, err_console, fail, friendly_errors, warn
+
+RemoteApiKey = Annotated[
+    str | None,
+    typer.Option(envvar="SHADOW_EDGE_REMOTE_API_KEY", show_envvar=True, help="--remote's API key (Bearer)"),
+]
 
 
 @app.command()
@@ -29,6 +34,7 @@ def run(
     ] = False,
     draft_tokens: Annotated[int, typer.Option(min=1, help="--speculative: most tokens drafted per backbone pass")] = 4,
     remote: Annotated[str | None, typer.Option(help="--cascade: OpenAI-compatible server to escalate to")] = None,
+    remote_api_key: RemoteApiKey = None,
     confidence_threshold: Annotated[
         float | None, typer.Option(min=0.0, help="--cascade: escalate if a first token's top-1 prob is below")
     ] = None,
@@ -68,6 +74,7 @@ def run(
         raise GenerationError("--greedy cannot be combined with --temperature, --top-k or --top-p")
     if threads is not None and threads < 1:
         raise GenerationError(f"--threads must be at least 1, got {threads}")
+    threads = _threads(threads)
     policy = dict(
         remote=remote,
         confidence_threshold=confidence_threshold,
@@ -89,27 +96,29 @@ def run(
         stop=stop,
     )
     settings = {k: v for k, v in flags.items() if v is not None}
-    interactive = chat and prompt is None and sys.stdin.isatty()
+    interactive = chat and prompt is None and stdin_is_terminal()
     if interactive and as_json:
         raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
     opened = dict(threads=threads, verify="size" if no_verify else "hash", prepack=not low_memory)
     if cascade:
         from ..runtimes.cascade import load_cascade
 
-        model = load_cascade(bundle, **opened, **policy)
+        model = load_cascade(bundle, **opened, **policy, remote_api_key=remote_api_key)
     elif speculative:
         from ..runtimes.speculative import load_speculative
 
         model = load_speculative(bundle, draft_tokens=draft_tokens, **opened)
     else:
         model = load(bundle, mode="detached" if detached else "attached", **opened)
+    if no_verify:  # once the sizes passed: what follows is not checked
+        warn("--no-verify: weights are not checked against their sha256; corrupt ones may give wrong tokens")
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
         raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")
     if interactive:
         _chat_loop(model, settings)
         return
     if chat:
-        messages = [{"role": "user", "content": prompt if prompt is not None else sys.stdin.read()}]
+        messages = [{"role": "user", "content": prompt if prompt is not None else read_stdin()}]
         if as_json:
             print(json.dumps(_with_stats(model, model.chat(messages, **settings).to_dict())))
             return
@@ -120,6 +129,44 @@ def run(
         print(json.dumps(_with_stats(model, model.generate(request, **settings).to_dict())))
         return
     _stream(model, model.stream(request, **settings))
+
+
+def _threads(threads: int | None) -> int | None:
+    from ..runtimes.sessions import capped_threads
+
+    threads, warning = capped_threads(threads)
+    if warning:
+        warn(warning)
+    return threads
+
+
+def stdin_is_terminal() -> bool:
+    return sys.stdin is not None and not sys.stdin.closed and sys.stdin.isatty()
+
+
+def read_stdin() -> str:
+    """The message `--chat` without `--prompt` reads from a pipe: stdin must be open and UTF-8."""
+    from ..errors import GenerationError
+
+    no_stdin = GenerationError(
+        "--chat without --prompt reads the message from stdin, which is closed", hint="pass --prompt TEXT"
+    )
+    if sys.stdin is None or sys.stdin.closed:
+        raise no_stdin
+    try:
+        text = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+    except (OSError, ValueError):  # EBADF: file descriptor 0 closed under Python
+        raise no_stdin from None
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise GenerationError(
+                f"the message on stdin is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            ) from None
+    if not text.strip():
+        raise GenerationError("--chat without --prompt read an empty message from stdin", hint="pass --prompt TEXT")
+    return text
 
 
 def _with_stats(model: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -172,17 +219,35 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
     mode: Annotated[str, typer.Option(help="attached, detached, base or cascade")] = "attached",
     remote: Annotated[str | None, typer.Option(help="--mode cascade: server to escalate to")] = None,
+    remote_api_key: RemoteApiKey = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
     max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="SHADOW_EDGE_API_KEY", show_envvar=True, help="require Authorization: Bearer KEY"),
+    ] = None,
+    allow_no_auth: Annotated[
+        bool, typer.Option("--allow-no-auth", help="serve a network address without an API key")
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="web origin allowed to call the server from a browser (repeatable)")
+    ] = None,
+    allowed_host: Annotated[
+        list[str] | None, typer.Option(help="Host name to answer to (repeatable; default on loopback: localhost)")
+    ] = None,
 ) -> None:
     """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from ..runtimes.model import MODES, load
 
+    threads = _threads(threads)
     try:
         from ..runtimes.server import serve as run_server
     except ImportError as exc:
         fail(f"{exc.name or exc} is not installed", 'install the serve extra: pip install "shadow-edge[serve]"')
+    from ..runtimes.server_guard import exposure
+
+    exposure(host, api_key, allow_no_auth)  # refused before the model loads; the server prints the warning
     if mode not in (*MODES, "cascade"):
         fail(f"--mode must be one of {', '.join(MODES)} or cascade, got {mode!r}")
     if remote is not None and mode != "cascade":
@@ -190,7 +255,7 @@ def serve(
     if mode == "cascade":  # a device-side server: the shadow answers, escalating per the bundle's policy
         from ..runtimes.cascade import load_cascade
 
-        model = load_cascade(bundle, remote=remote, threads=threads)
+        model = load_cascade(bundle, remote=remote, threads=threads, remote_api_key=remote_api_key)
     else:
         model = load(bundle, mode=mode, threads=threads)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -198,4 +263,7 @@ def serve(
     console.print(line, highlight=False, soft_wrap=True)
     console.file.flush()  # before the server blocks: a pipe or a log file gets the line now
     limits = dict(max_tokens_limit=max_tokens_limit, max_concurrent=max_concurrent)
-    run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits)
+    access = dict(
+        api_key=api_key, allow_no_auth=allow_no_auth, cors_origins=cors_origin or (), allowed_hosts=allowed_host
+    )
+    run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits, **access)

@@ -296,17 +296,19 @@ def load_cascade(
     verify: str = "hash",
     prepack: bool = True,
     timeout: float = 120.0,
+    remote_api_key: str | None = None,
     **policy: Any,
 ) -> CascadeModel:
     """Open a bundle as a cascade. remote: the URL of an OpenAI-compatible server to escalate to
-    (the backbone is then not loaded); otherwise escalation continues in attached mode here.
+    (the backbone is then not loaded), sent remote_api_key as a Bearer token if given; otherwise
+    escalation continues in attached mode here.
     policy: EscalationPolicy settings (marker, marker_ids, confidence_threshold, max_mean_entropy,
     window) over the bundle's defaults (manifest.escalation); None keeps a default."""
     root = Path(bundle)
     manifest = read_manifest(root)
     base_policy = EscalationPolicy.from_dict(manifest.escalation)
     chosen = base_policy.updated(**policy)
-    client = RemoteModel(remote, timeout=timeout) if remote else None
+    client = RemoteModel(remote, timeout=timeout, api_key=remote_api_key) if remote else None
     if client is None and BACKBONE_GRAPH not in manifest.graphs:
         raise GenerationError("this bundle has no backbone graph: a cascade needs --remote URL to escalate to")
     names = CASCADE_GRAPHS["remote" if client else "local"]

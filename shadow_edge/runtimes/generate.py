@@ -16,14 +16,22 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import numpy as np
 
 from ..errors import GenerationError
 from .engine import Engine, left_pad
-from .sampling import LogitsProcessor, Sampler, check_settings, make_logits_processors, make_sampler, seeded_generators
+from .sampling import (
+    LogitsProcessor,
+    Sampler,
+    check_seed,
+    check_settings,
+    make_logits_processors,
+    make_sampler,
+    seeded_generators,
+)
 from .tokenizer import StreamDecoder, Tokenizer
 
 
@@ -243,10 +251,12 @@ def stream_rows(
         config.max_new_tokens, default_max_new_tokens, longest, model.max_position_embeddings
     )
     check_settings(config.temperature, config.top_k, config.top_p, config.repetition_penalty)
+    check_seed(config.seed)
     if config.stop and tokenizer is None:
         raise GenerationError("stop strings need a bundle with a tokenizer; this one takes token ids only")
     eos = set(default_eos if config.eos_token_ids is None else config.eos_token_ids)
-    steps = (token_stream or partial(sampled_tokens, engine))(prompts, config, pad_id)
+    # the stream knows how many tokens it may still give (speculative drafts no more than that)
+    steps = (token_stream or partial(sampled_tokens, engine))(prompts, replace(config, max_new_tokens=max_new), pad_id)
     rows = [_Row(tokenizer, config.stop, eos, len(p)) for p in prompts]
     return _responses(steps, rows, max_new)
 

@@ -32,6 +32,11 @@ def check_settings(temperature: float, top_k: int, top_p: float, repetition_pena
         raise GenerationError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
 
 
+def check_seed(seed: int | None) -> None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise GenerationError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def distribution(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
     """The probabilities a sampler draws from, [..., vocab], for temperature > 0."""
     scaled = np.asarray(logits, dtype=np.float64) / temperature

@@ -17,6 +17,9 @@ The model is duck-typed: anything with mode, context_length, default_max_new_tok
 encode(), encode_chat(), stream() and generate() (and optionally chat()/stream_chat(), which a
 cascade uses to send a conversation on as messages), such as a ShadowEdgeModel.
 
+Access control (API key, Host allow-list, CORS, connection timeouts and cap) lives in
+server_guard.py; make_server() refuses a network address without a key unless told otherwise.
+
 This module imports neither torch nor transformers (the runtime stays torch-free).
 """
 
@@ -41,7 +44,10 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GenerationError, ShadowEdgeError
+from ..manifest_schema import nesting_depth
+from . import server_guard
 from .generate import GenerationResult, Response
+from .server_guard import REQUEST_TIMEOUT, ApiError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,7 @@ MAX_REQUEST_BYTES = 1 << 20
 # both answers come later than one after the other would. Raise it on bigger CPUs.
 MAX_CONCURRENT = 1
 MAX_QUEUED = 8
+MAX_JSON_DEPTH = 16  # requests nest 4 deep (messages, content parts); Python's parser recurses per level
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the runtime's -> OpenAI's
 CASCADE_FIELDS = ("escalated", "served_by", "reason")
@@ -83,28 +90,6 @@ class ServedModel(Protocol):
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
     def stream(self, prompt: str | Sequence[int], **settings: Any) -> Iterator[Response]: ...
     def generate(self, prompt: str | Sequence[int], **settings: Any) -> GenerationResult: ...
-
-
-class ApiError(Exception):
-    """An error answered in OpenAI's shape: {"error": {message, type, param, code}}."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        kind: str = "invalid_request_error",
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.param, self.code, self.kind, self.headers = status, param, code, kind, headers
-
-    def payload(self) -> dict[str, Any]:
-        return {"error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.payload(), status_code=self.status, headers=self.headers)
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -344,6 +329,7 @@ class Server:
         max_concurrent: int,
         max_queued: int,
         model_name: str,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         if max_tokens_limit < 1 or max_request_bytes < 1:
             raise ValueError(f"limits must be positive, got {max_tokens_limit}, {max_request_bytes}")
@@ -352,6 +338,7 @@ class Server:
         self.max_request_bytes = max_request_bytes
         self.slots = Slots(max_concurrent, max_queued)
         self.model_name = model_name
+        self.request_timeout = request_timeout
         self.created = int(time.time())
 
     async def health(self, request: Request) -> JSONResponse:
@@ -399,6 +386,11 @@ class Server:
                 self.slots.release()
 
     async def read_json(self, request: Request) -> Any:
+        """The JSON body: declared as such (a cross-site form or text/plain POST is not), within
+        the size limit, sent within the request timeout, and nested at most MAX_JSON_DEPTH deep."""
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if kind != "application/json":
+            raise ApiError(415, f"the request body must be application/json, got {kind or 'no Content-Type'!r:.80}")
         too_large = ApiError(
             413, f"the request body exceeds this server's limit of {self.max_request_bytes} bytes", code="too_large"
         )
@@ -406,13 +398,21 @@ class Server:
         if declared.isdigit() and int(declared) > self.max_request_bytes:
             raise too_large
         body = bytearray()
-        async for piece in request.stream():  # chunked bodies have no length to check up front
-            body += piece
-            if len(body) > self.max_request_bytes:
-                raise too_large
         try:
-            return json.loads(body)
-        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            with anyio.fail_after(self.request_timeout):  # a client trickling its body holds a slot
+                async for piece in request.stream():  # chunked bodies have no length to check up front
+                    body += piece
+                    if len(body) > self.max_request_bytes:
+                        raise too_large
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.request_timeout:g} s") from None
+        try:
+            text = body.decode("utf-8")
+            depth = nesting_depth(text)
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(400, f"the request body nests {depth} levels deep (at most {MAX_JSON_DEPTH})")
+            return json.loads(text)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 
     def call(self, request: ParsedRequest, stream: bool) -> Any:
@@ -507,11 +507,17 @@ def create_app(
     max_concurrent: int = MAX_CONCURRENT,
     max_queued: int = MAX_QUEUED,
     model_name: str | None = None,
+    api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
+    cors_origins: Sequence[str] = (),
+    request_timeout: float = REQUEST_TIMEOUT,
 ) -> Starlette:
-    """The ASGI app serving `model` (see the module docstring)."""
+    """The ASGI app serving `model` (see the module docstring). api_key: required as
+    `Authorization: Bearer KEY`; allowed_hosts: the Host names answered (None: any);
+    cors_origins: web origins allowed to call it from a browser (none by default)."""
     root = getattr(model, "root", None)
     name = model_name or (getattr(root, "name", "") or "shadow-edge")
-    server = Server(model, max_tokens_limit, max_request_bytes, max_concurrent, max_queued, name)
+    server = Server(model, max_tokens_limit, max_request_bytes, max_concurrent, max_queued, name, request_timeout)
     routes = [
         Route("/health", server.health, methods=["GET"]),
         Route("/v1/models", server.models, methods=["GET"]),
@@ -519,21 +525,49 @@ def create_app(
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
     handlers = {HTTPException: _http_error, ApiError: _api_error, Exception: _server_error}
-    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    guard = server_guard.middleware(api_key, allowed_hosts, cors_origins)
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=guard)  # type: ignore[arg-type]
     app.state.server = server
     return app
 
 
 def make_server(
-    model: ServedModel, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **limits: Any
+    model: ServedModel,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+    *,
+    api_key: str | None = None,
+    allow_no_auth: bool = False,
+    allowed_hosts: Sequence[str] | None = None,
+    max_connections: int = server_guard.MAX_CONNECTIONS,
+    head_timeout: float = server_guard.HEAD_TIMEOUT,
+    keep_alive_timeout: float = server_guard.KEEP_ALIVE_TIMEOUT,
+    **options: Any,
 ) -> uvicorn.Server:
-    """A uvicorn server for `model` (not started); limits: create_app()'s keywords."""
-    config = uvicorn.Config(create_app(model, **limits), host=host, port=port, log_level=log_level)
+    """A uvicorn server for `model` (not started); options: create_app()'s keywords. A network
+    address needs an api_key unless allow_no_auth; a loopback one answers only to loopback Host
+    names unless allowed_hosts says otherwise. Connections are capped and time out."""
+    warning = server_guard.exposure(host, api_key, allow_no_auth)
+    hosts = allowed_hosts if allowed_hosts is not None else server_guard.default_hosts(host)
+    app = create_app(model, api_key=api_key, allowed_hosts=hosts, **options)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=server_guard.head_timeout_protocol(head_timeout),
+        limit_concurrency=max_connections,
+        timeout_keep_alive=int(max(1, keep_alive_timeout)),
+    )
+    if warning:
+        logging.getLogger("uvicorn.error").warning(warning)  # uvicorn's log: configured by Config()
     return uvicorn.Server(config)
 
 
 def serve(
-    model: ServedModel, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **limits: Any
+    model: ServedModel, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options: Any
 ) -> None:
-    """Serve `model` until Ctrl-C. Binds to loopback unless `host` says otherwise."""
-    make_server(model, host, port, log_level, **limits).run()
+    """Serve `model` until Ctrl-C. Binds to loopback unless `host` says otherwise; options:
+    make_server()'s and create_app()'s keywords."""
+    make_server(model, host, port, log_level, **options).run()

@@ -7,14 +7,35 @@ updates the cache in place.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec
+from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec, shape_mismatch
 from ..errors import BundleError
 from .kv_cache import KVCache
+
+_state = ort.capi.onnxruntime_pybind11_state
+ORT_RUN_ERRORS = (_state.Fail, _state.InvalidArgument, _state.RuntimeException)  # share no base but Exception
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def capped_threads(threads: int | None) -> tuple[int | None, str]:
+    """`threads` limited to the usable cores, and a warning when it asked for more: more intra-op
+    threads than cores only make them wait for each other (1000 threads decoded 50x slower)."""
+    cores = usable_cores()
+    if threads is None or threads <= cores:
+        return threads, ""
+    return cores, f"{threads} threads asked for, but this machine has {cores} usable cores: using {cores}"
 
 
 def session_options(threads: int | None = None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
@@ -28,7 +49,7 @@ def session_options(threads: int | None = None, prepack: bool = True, spin: bool
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
-        options.intra_op_num_threads = int(threads)
+        options.intra_op_num_threads = min(int(threads), usable_cores())  # more only wait for each other
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
@@ -47,6 +68,19 @@ class GraphRunner:
             raise BundleError(f"onnxruntime cannot load {path.name}: {first}") from None
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._check_against_manifest(path.name)
+
+    def _check_against_manifest(self, file: str) -> None:
+        """The graph must take the inputs the manifest lists, with the cache's KV shapes: a manifest
+        that disagrees with its graph is refused here, not by a shape error mid-generation."""
+        listed = {t.name for t in self.spec.inputs}
+        if self.input_names != listed:
+            odd = sorted(self.input_names ^ listed)
+            raise BundleError(f"{file} does not match the manifest: inputs {odd[:4]} are in one but not the other")
+        for value in self.session.get_inputs():
+            wrong = shape_mismatch(value.name, value.shape, self.cache_spec)
+            if wrong:
+                raise BundleError(f"{file} does not match the manifest: {wrong}")
 
     def new_cache(self, batch: int) -> KVCache:
         return KVCache(self.cache_spec, batch)
@@ -71,10 +105,27 @@ class GraphRunner:
             feeds[SHADOW_STATES] = shadow_states
         if LOGITS_TO_KEEP in self.input_names:
             feeds[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
-        outputs = self.session.run(self.output_names, feeds)
+        outputs = self._run(feeds)
         cache.update(outputs[1:])
         return outputs[0]
 
     def head(self, shadow_states: np.ndarray) -> np.ndarray:
         """A cacheless head graph (shadow_head): logits [batch, seq, vocab] of the states given."""
-        return self.session.run(self.output_names, {SHADOW_STATES: np.ascontiguousarray(shadow_states)})[0]
+        return self._run({SHADOW_STATES: np.ascontiguousarray(shadow_states)})[0]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            outputs = self.session.run(self.output_names, feeds)
+        except ORT_RUN_ERRORS as exc:
+            # the inputs are built from the manifest: a graph that refuses them disagrees with it
+            first = str(exc).strip().splitlines()[0][:300]
+            raise BundleError(f"onnxruntime failed running {self.spec.file}: {first}") from None
+        # NaN/inf never come out of sound weights, and would be sampled as token 0 or garbage.
+        # Checking the last position only costs ~10 us a step (one vocabulary row).
+        last = outputs[0][:, -1] if outputs[0].ndim == 3 else outputs[0]
+        if not np.isfinite(last).all():
+            raise BundleError(
+                f"{self.spec.file} produced non-finite values (NaN or inf): its weights are probably corrupt",
+                hint="check them against their sha256 (run without --no-verify), or re-export the bundle",
+            )
+        return outputs

@@ -69,9 +69,10 @@ class SpeculativeModel(ShadowEdgeModel):
                 "speculative decoding gives the attached model's greedy output: use temperature 0 (--greedy)"
             )
         self.stats = SpeculativeStats()
-        return self._tokens(list(prompts[0]), make_logits_processors(config.repetition_penalty), self.stats)
+        processors = make_logits_processors(config.repetition_penalty)
+        return self._tokens(list(prompts[0]), processors, self.stats, config.max_new_tokens or self.context_length)
 
-    def _tokens(self, prompt: list[int], processors, stats: SpeculativeStats) -> Iterator[np.ndarray]:
+    def _tokens(self, prompt: list[int], processors, stats: SpeculativeStats, max_new: int) -> Iterator[np.ndarray]:
         runners = self.engine.runners
         shadow, head, backbone = runners[SHADOW_GRAPH], runners[SHADOW_HEAD_GRAPH], runners[BACKBONE_GRAPH]
         shadow_cache, backbone_cache = shadow.new_cache(1), backbone.new_cache(1)
@@ -93,11 +94,15 @@ class SpeculativeModel(ShadowEdgeModel):
         token = greedy(logits, history)
         length = len(prompt)  # positions in both caches; `token` is accepted but in neither yet
         draft = DraftLength(self.draft_tokens)
+        produced = 0
         while True:
             yield np.array([token], dtype=np.int64)
+            produced += 1
             history = np.append(history, token)
-            # draft: the shadow on `token`, then on each draft; k drafts need k + 1 shadow positions
-            k = max(0, min(draft.k, context - length - 2))
+            # draft: the shadow on `token`, then on each draft; k drafts need k + 1 shadow positions.
+            # A round gives its accepted drafts and one token more: drafting beyond what may still
+            # be generated (max_new - produced) is wasted work
+            k = max(0, min(draft.k, context - length - 2, max_new - produced - 1))
             fed, drafts, states = [token], [], []
             for j in range(k + 1):
                 states.append(run(shadow, shadow_cache, [fed[-1]], length + j))
@@ -123,6 +128,7 @@ class SpeculativeModel(ShadowEdgeModel):
             backbone_cache.trim(length)
             for t in accepted:
                 yield np.array([t], dtype=np.int64)
+            produced += len(accepted)
 
 
 class DraftLength:

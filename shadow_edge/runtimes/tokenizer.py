@@ -45,6 +45,7 @@ class Tokenizer:
         return self.config.get("chat_template")
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        check_utf8(text)
         ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
         bos = self.bos_token_id
         if add_special_tokens and self.config.get("add_bos_token") and bos is not None and ids[:1] != [bos]:
@@ -79,12 +80,28 @@ class Tokenizer:
         for message in messages:
             if not (isinstance(message, dict) and isinstance(message.get("role"), str) and "content" in message):
                 raise GenerationError(f"a chat message must be a dict with 'role' and 'content', got {message!r}")
+            for key in ("role", "content"):
+                if isinstance(message[key], str):
+                    check_utf8(message[key], f"a chat message's {key}")
         specials = {k: self.config.get(k) or "" for k in ("bos_token", "eos_token", "pad_token", "unk_token")}
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt, **specials)
 
     def encode_chat(self, messages: Sequence[Message]) -> list[int]:
         """Token ids of the rendered conversation; the template writes the special tokens itself."""
         return self.encode(self.apply_chat_template(messages), add_special_tokens=False)
+
+
+def check_utf8(text: str, what: str = "the prompt") -> None:
+    """Text must be encodable as UTF-8: a command-line argument of invalid bytes arrives as lone
+    surrogates (Python's surrogateescape), and JSON may carry them as \\udXXX escapes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = text[exc.start : exc.end].encode("utf-8", "surrogateescape").hex(" ")
+        raise GenerationError(
+            f"{what} is not valid UTF-8 text (bytes {bad} at character {exc.start})",
+            hint="pass UTF-8 text, or token ids with --prompt-ids",
+        ) from None
 
 
 class StreamDecoder:
