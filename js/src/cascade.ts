@@ -275,5 +275,7 @@ export async function loadCascade(host: BundleHost, options: CascadeOptions = {}
   }
   const names = remote ? CASCADE_GRAPHS.remote : CASCADE_GRAPHS.local;
   const runners = await openGraphs(host, manifest, names, options, "the cascade");
-  return new CascadeModel(manifest, runners, await Tokenizer.fromBundle(host, manifest), policy, remote, host.ort);
+  const tokenizer = await Tokenizer.fromBundle(host, manifest);
+  host.loaded?.();
+  return new CascadeModel(manifest, runners, tokenizer, policy, remote, host.ort);
 }

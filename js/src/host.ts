@@ -19,6 +19,8 @@ export interface BundleHost {
   checkFiles(manifest: Manifest, names: string[], hashes: boolean): Promise<void>;
   /** One session for a graph file; `options` are the core's, the host adds providers and weights. */
   createSession(manifest: Manifest, file: string, options: SessionOptions): Promise<Session>;
+  /** Called once the sessions are open: a host may drop file buffers it kept for them. */
+  loaded?(): void;
   /** A short name of where the bundle is, for messages. */
   readonly location: string;
 }

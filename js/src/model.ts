@@ -52,6 +52,7 @@ export async function load(host: BundleHost, options: ModelOptions = {}): Promis
   }
   const runners = await openGraphs(host, manifest, MODE_GRAPHS[mode], options, `${mode} mode`);
   const tokenizer = await Tokenizer.fromBundle(host, manifest);
+  host.loaded?.();
   return new ShadowEdgeModel(manifest, new Engine(mode, runners, manifest.model), runners, tokenizer, mode);
 }
 

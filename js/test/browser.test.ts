@@ -1,0 +1,121 @@
+/** The demo page in headless Chromium (Debian's chromium, driven by puppeteer-core): the bundle
+ * runs in onnxruntime-web (wasm, threads: the server makes the page cross-origin isolated) and
+ * answers as the Python runtime does, detached, attached and as a cascade. */
+
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import type { Server } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import puppeteer, { type Browser, type Page } from "puppeteer-core";
+import type { DemoRequest, DemoResult } from "../demo/app.js";
+import { startServer } from "../demo/server.js";
+import { type Case, generateOptions, readVectors } from "./vectors.js";
+
+const vectors = readVectors();
+
+export const CHROMIUM_FLAGS = [
+  "--headless",
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+];
+
+/** A headless Chromium with a fresh profile; close() also removes the profile. */
+export async function launchChromium(): Promise<{ browser: Browser; close: () => Promise<void> }> {
+  const profile = mkdtempSync(join(tmpdir(), "shadow-edge-chromium-"));
+  const browser = await puppeteer.launch({
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`],
+  });
+  return {
+    browser,
+    close: async () => {
+      await browser.close();
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The demo page on a bundle, with the page's errors collected. */
+export async function openDemo(browser: Browser, origin: string, bundle: string): Promise<{ page: Page; errors: string[] }> {
+  const page = await browser.newPage();
+  const errors: string[] = [];
+  page.on("pageerror", (error) => errors.push(String(error)));
+  page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
+  page.on("response", (response) => response.status() >= 400 && errors.push(`${response.status()} ${response.url()}`));
+  await page.goto(`${origin}/demo/?bundle=/bundles/${bundle}/`);
+  await page.waitForFunction(() => "demo" in window, { timeout: 30_000 });
+  return { page, errors };
+}
+
+export function runInPage(page: Page, request: DemoRequest): Promise<DemoResult> {
+  return page.evaluate((r) => window.demo.run(r), request);
+}
+
+describe("the demo page in headless Chromium", () => {
+  let server: Server;
+  let chromium: Awaited<ReturnType<typeof launchChromium>>;
+  let page: Page;
+  let errors: string[];
+
+  before(async () => {
+    server = await startServer({ text: vectors.bundles.text });
+    const address = server.address();
+    const origin = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+    chromium = await launchChromium();
+    ({ page, errors } = await openDemo(chromium.browser, origin, "text"));
+  });
+  after(async () => {
+    await chromium?.close();
+    server?.close();
+  });
+
+  const greedy = (mode: string) =>
+    vectors.text.filter((c) => c.kind === "generate" && c.mode === mode && JSON.stringify(c.settings) === '{"max_new_tokens":12,"temperature":0}');
+
+  for (const mode of ["detached", "attached"] as const) {
+    test(`${mode} greedy answers equal Python's, streamed piece by piece`, async () => {
+      const cases = greedy(mode);
+      assert.ok(cases.length >= 2);
+      for (const c of cases) {
+        const got = await runInPage(page, { mode, prompt: c.prompt, options: generateOptions(c) });
+        assert.deepEqual([got.tokenIds, got.text, got.finishReason], [c.token_ids, c.text, c.finish_reason], String(c.prompt));
+        assert.equal(got.pieces, got.newTokens);
+        assert.ok(got.decodeTokPerS > 0 && got.loadS > 0);
+      }
+      assert.deepEqual(errors, []);
+    });
+  }
+
+  test("a seeded sample and a chat answer equal Python's", async () => {
+    const sampled = vectors.text.find((c) => c.kind === "generate" && c.mode === "detached" && c.settings?.top_k === 20) as Case;
+    const got = await runInPage(page, { mode: "detached", prompt: sampled.prompt, options: generateOptions(sampled) });
+    assert.deepEqual(got.tokenIds, sampled.token_ids);
+    const chat = vectors.text.find((c) => c.kind === "chat" && c.mode === "detached") as Case;
+    const answer = await runInPage(page, { mode: "detached", messages: chat.messages, options: generateOptions(chat) });
+    assert.deepEqual([answer.tokenIds, answer.text], [chat.token_ids, chat.text]);
+  });
+
+  test("the cascade escalates in the tab as in Python", async () => {
+    const c = vectors.text.find((c) => c.kind === "cascade" && c.served_by === "attached" && c.policy?.confidence_threshold === 1.5) as Case;
+    assert.ok(c);
+    const got = await page.evaluate(async (prompt) => {
+      const web = await import("/dist/src/web.js" as string);
+      const cascade = await web.loadCascade(window.demo.bundle, { confidenceThreshold: 1.5 });
+      const r = await cascade.generate(prompt, { maxNewTokens: 12, temperature: 0 });
+      return [r.servedBy, r.tokenIds, r.text];
+    }, c.prompt as string);
+    assert.deepEqual(got, ["attached", c.token_ids, c.text]);
+  });
+
+  test("the page is cross-origin isolated (wasm threads)", async () => {
+    assert.equal(await page.evaluate(() => globalThis.crossOriginIsolated), true);
+  });
+});
