@@ -86,7 +86,7 @@ def stop_cases(bundle: Path) -> list[dict]:
         ):
             out = model.generate(prompt, **settings)
             assert out.finish_reason in ("stop", "eos"), (prompt, settings, out)
-            cases.append({"kind": "generate", "mode": "detached", "prompt": prompt, "settings": settings, **result(out)})
+            cases.append({"kind": "generate", "mode": "detached", "prompt": prompt, "settings": settings} | result(out))
     return cases
 
 
@@ -99,16 +99,17 @@ def cascade_cases(bundle: Path, prompts: list, marker_from_text: bool) -> list[d
         shadow = detached.generate(prompt, **GREEDY)
         ids = detached.encode(prompt)
         rows = detached.logits(ids + shadow.token_ids)[len(ids) - 1 :]
-        top1, entropy = zip(*(next_token_stats(row) for row in rows[:6]))
+        top1, entropy = zip(*(next_token_stats(row) for row in rows[:6]), strict=True)
         mean = float(np.mean(entropy[:4]))
-        marker = {"marker": shadow.text[2:5]} if marker_from_text else {"marker": "", "marker_ids": shadow.token_ids[1:3]}
+        ids_piece = {"marker": "", "marker_ids": shadow.token_ids[1:3]}
+        piece = {"marker": shadow.text[2:5]} if marker_from_text else ids_piece
         policies = [
             {"confidence_threshold": 0.0, "marker": ""},  # never
             {"confidence_threshold": 1.5},  # always, at the first token
             {"confidence_threshold": _between(top1), "marker": "", "window": 6},
             {"max_mean_entropy": mean + 1e-3, "marker": "", "window": 4},
             {"max_mean_entropy": mean - 1e-3, "marker": "", "window": 4},
-            marker,
+            piece,
         ]
         for policy in policies:
             for settings in (GREEDY, SAMPLED[1]):
@@ -133,7 +134,7 @@ def _between(values) -> float:
     """A threshold in the widest gap between the values: some are under it, some not, and float
     noise cannot move one across."""
     ordered = sorted(values)
-    low, high = max(zip(ordered, ordered[1:]), key=lambda pair: pair[1] - pair[0])
+    low, high = max(zip(ordered, ordered[1:], strict=False), key=lambda pair: pair[1] - pair[0])
     return (low + high) / 2
 
 
