@@ -62,13 +62,14 @@ export function runInPage(page: Page, request: DemoRequest): Promise<DemoResult>
 describe("the demo page in headless Chromium", () => {
   let server: Server;
   let chromium: Awaited<ReturnType<typeof launchChromium>>;
+  let origin: string;
   let page: Page;
   let errors: string[];
 
   before(async () => {
-    server = await startServer({ text: vectors.bundles.text });
+    server = await startServer({ text: vectors.bundles.text, robot: vectors.bundles.robot });
     const address = server.address();
-    const origin = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+    origin = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
     chromium = await launchChromium();
     ({ page, errors } = await openDemo(chromium.browser, origin, "text"));
   });
@@ -117,5 +118,18 @@ describe("the demo page in headless Chromium", () => {
 
   test("the page is cross-origin isolated (wasm threads)", async () => {
     assert.equal(await page.evaluate(() => globalThis.crossOriginIsolated), true);
+  });
+
+  test("the robot demo (SmolLM2-135M) answers as in Python: detached, and the cascade escalating in the tab", async () => {
+    const robot = await openDemo(chromium.browser, origin, "robot");
+    for (const c of vectors.robot.filter((c) => c.kind === "chat" && c.mode === "detached")) {
+      const got = await runInPage(robot.page, { mode: "detached", messages: c.messages, options: generateOptions(c), threads: 2 });
+      assert.deepEqual([got.tokenIds, got.text, got.finishReason], [c.token_ids, c.text, c.finish_reason]);
+    }
+    const escalated = vectors.robot.find((c) => c.kind === "cascade" && c.served_by === "attached") as Case;
+    const got = await runInPage(robot.page, { mode: "cascade", messages: escalated.messages, options: generateOptions(escalated) });
+    assert.deepEqual([got.servedBy, got.tokenIds, got.text], ["attached", escalated.token_ids, escalated.text]);
+    assert.deepEqual(robot.errors, []);
+    await robot.page.close();
   });
 });

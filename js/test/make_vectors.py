@@ -1,7 +1,10 @@
 """Shared test vectors for the TypeScript runtime: tiny bundles written by the Python exporter, and
 what the Python runtime generates from them, as JSON.
 
-    python js/test/make_vectors.py OUT      # OUT/text, OUT/ids (bundles), OUT/vectors.json
+    python js/test/make_vectors.py OUT [--smollm2 DIR]
+        # OUT/text, OUT/ids (bundles), OUT/vectors.json; DIR/bundle: the trained robot demo on
+        # SmolLM2-135M (exported unless there already: tests/conftest.py uses the same layout, so
+        # SHADOW_EDGE_SMOLLM2_DIR=DIR lets pytest and these tests share one export)
 
 The TypeScript tests (js/test/*.test.ts) run the same requests on the same bundles and compare.
 Run from the repository with the export extras installed (tests/models.py builds the checkpoints).
@@ -9,6 +12,7 @@ Run from the repository with the export extras installed (tests/models.py builds
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -32,6 +36,8 @@ SAMPLED = [
 TEXT_PROMPTS = ["hello world", "the cat sat on", "a"]
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi! the dog"}]
 ID_PROMPTS = [[5, 9, 3, 7, 11], [40, 2, 17]]
+ROBOT_PROMPTS = ["Walk forward three steps.", "Please sit down.", "What is the capital of France?"]
+ROBOT_GREEDY = {"max_new_tokens": 24, "temperature": 0.0}
 RNG_SEEDS = [0, 1, 7, 42, 2**32 - 1, 2**40 + 5]
 
 
@@ -138,14 +144,45 @@ def _between(values) -> float:
     return (low + high) / 2
 
 
+def robot_bundle(folder: Path) -> Path:
+    from shadow_edge.exporters.demo import write_demo_checkpoint
+
+    ckpt, bundle = folder / "ckpt", folder / "bundle"
+    if not (ckpt / "shadow_adapter.safetensors").is_file():
+        write_demo_checkpoint(ckpt)
+    if not (bundle / "manifest.json").is_file():
+        shadow_edge.export(ckpt, bundle)
+    return bundle
+
+
+def robot_cases(bundle: Path) -> list[dict]:
+    """The demo's chat answers, greedy, detached, attached and as a cascade (the manifest's policy)."""
+    cases = []
+    chats = [[{"role": "user", "content": prompt}] for prompt in ROBOT_PROMPTS]
+    for mode in ("detached", "attached"):
+        model = shadow_edge.load(bundle, mode=mode, threads=2)
+        for messages in chats:
+            out = model.chat(messages, **ROBOT_GREEDY)
+            cases.append({"kind": "chat", "mode": mode, "messages": messages, "settings": ROBOT_GREEDY} | result(out))
+    cascade = load_cascade(bundle, threads=2)
+    for messages in chats:
+        out = cascade.chat(messages, **ROBOT_GREEDY)
+        decision = {"served_by": out.served_by, "escalated": out.escalated, "reason": out.reason}
+        case = {"kind": "cascade", "messages": messages, "settings": ROBOT_GREEDY, "policy": {}}
+        cases.append(case | result(out) | decision | {"shadow_token_ids": out.shadow_token_ids})
+    return cases
+
+
 def rng_cases() -> list[dict]:
     """numpy's default_rng(seed).random(): the draws the sampler makes."""
     return [{"seed": seed, "random": np.random.default_rng(seed).random(6).tolist()} for seed in RNG_SEEDS]
 
 
-def main(out: Path) -> None:
+def main(out: Path, smollm2: Path | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     bundles = export_bundles(out)
+    if smollm2 is not None:
+        bundles["robot"] = robot_bundle(smollm2)
     text_model = shadow_edge.load(bundles["text"], mode="detached")
     tokenizer = text_model.tokenizer
     vectors = {
@@ -159,9 +196,14 @@ def main(out: Path) -> None:
         + stop_cases(bundles["text"])
         + cascade_cases(bundles["text"], TEXT_PROMPTS[:2], marker_from_text=True),
         "ids": generation_cases(bundles["ids"], ID_PROMPTS) + cascade_cases(bundles["ids"], ID_PROMPTS, False),
+        "robot": robot_cases(bundles["robot"]) if smollm2 is not None else [],
     }
     (out / "vectors.json").write_text(json.dumps(vectors), encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--smollm2", type=Path, help="folder of the SmolLM2 robot demo (exported if absent)")
+    args = parser.parse_args()
+    main(args.out, args.smollm2)

@@ -4,7 +4,7 @@
  * attached and detached mode, and every cascade decision. */
 
 import assert from "node:assert/strict";
-import { describe, test } from "node:test";
+import { after, describe, test } from "node:test";
 import { load, loadCascade, NumpyRandom, type ShadowEdgeModel } from "../src/node.js";
 import { type Case, generateOptions, policyOptions, readVectors, title } from "./vectors.js";
 
@@ -37,22 +37,22 @@ function vectorsChat() {
   return chat.messages;
 }
 
-for (const bundle of ["text", "ids"] as const) {
+for (const bundle of ["text", "ids", "robot"] as const) {
   describe(`${bundle} bundle`, () => {
     const cases = vectors[bundle];
     const models = new Map<string, Promise<ShadowEdgeModel>>();
     const model = (mode: "attached" | "detached") => {
-      if (!models.has(mode)) models.set(mode, load(vectors.bundles[bundle], { mode }));
+      if (!models.has(mode)) models.set(mode, load(vectors.bundles[bundle], { mode, threads: 2 }));
       return models.get(mode) as Promise<ShadowEdgeModel>;
     };
+    after(async () => Promise.all([...models.values()].map(async (m) => (await m).release())));
 
     test("has cases of every kind", () => {
       const kinds = new Set(cases.map((c) => `${c.kind} ${c.mode ?? ""}`));
-      for (const k of ["logits attached", "logits detached", "generate attached", "generate detached", "cascade "]) {
-        assert.ok(kinds.has(k), k);
-      }
-      const reasons = new Set(cases.filter((c) => c.kind === "cascade").map((c) => c.served_by));
-      assert.deepEqual([...reasons].sort(), ["attached", "shadow"]);
+      const wanted = bundle === "robot" ? ["chat attached", "chat detached", "cascade "] : ["logits attached", "logits detached", "generate attached", "generate detached", "cascade "];
+      for (const k of wanted) assert.ok(kinds.has(k), k);
+      const servedBy = new Set(cases.filter((c) => c.kind === "cascade").map((c) => c.served_by));
+      assert.deepEqual([...servedBy].sort(), ["attached", "shadow"]);
     });
 
     for (const c of cases.filter((c) => c.kind === "logits")) {
@@ -75,8 +75,9 @@ for (const bundle of ["text", "ids"] as const) {
 
     for (const c of cases.filter((c) => c.kind === "cascade")) {
       test(title(c), async () => {
-        const cascade = await loadCascade(vectors.bundles[bundle], { ...policyOptions(c), verify: "size" });
-        const got = await cascade.generate(c.prompt!, generateOptions(c));
+        const cascade = await loadCascade(vectors.bundles[bundle], { ...policyOptions(c), verify: "size", threads: 2 });
+        const options = generateOptions(c);
+        const got = c.messages ? await cascade.chat(c.messages, options) : await cascade.generate(c.prompt!, options);
         assertSame(got, c);
         assert.deepEqual(
           { servedBy: got.servedBy, escalated: got.escalated, reason: got.reason, shadow: got.shadowTokenIds },

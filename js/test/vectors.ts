@@ -24,11 +24,12 @@ export interface Case {
 
 export interface Vectors {
   root: string;
-  bundles: { text: string; ids: string };
+  bundles: { text: string; ids: string; robot: string };
   rng: { seed: number; random: number[] }[];
   tokenizer: { text: string; ids: number[]; chat: string }[];
   text: Case[];
   ids: Case[];
+  robot: Case[]; // the trained demo on SmolLM2-135M
 }
 
 /** The vectors of this test run: SHADOW_EDGE_VECTORS names make_vectors.py's output folder. */
