@@ -23,6 +23,7 @@ export interface DemoResult {
   prefillS: number;
   decodeTokPerS: number;
   newTokens: number;
+  promptTokens: number;
   crossOriginIsolated: boolean;
 }
 
@@ -58,13 +59,14 @@ async function run(request: DemoRequest): Promise<DemoResult> {
     prefillS: 0,
     decodeTokPerS: 0,
     newTokens: 0,
+    promptTokens: 0,
     crossOriginIsolated: globalThis.crossOriginIsolated,
   };
   for await (const r of stream) {
     result.tokenIds.push(r.token);
     result.text += r.text;
     result.pieces += 1;
-    Object.assign(result, { finishReason: r.finishReason, prefillS: r.prefillS, decodeTokPerS: r.decodeTokPerS, newTokens: r.newTokens });
+    Object.assign(result, { finishReason: r.finishReason, prefillS: r.prefillS, decodeTokPerS: r.decodeTokPerS, newTokens: r.newTokens, promptTokens: r.promptTokens });
     answer.textContent = result.text;
     $("stats").textContent = `${r.newTokens} tokens · first after ${r.prefillS.toFixed(2)} s · ${r.decodeTokPerS.toFixed(1)} tok/s`;
   }

@@ -3,73 +3,25 @@
  * answers as the Python runtime does, detached, attached and as a cascade. */
 
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
 import type { Server } from "node:http";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import puppeteer, { type Browser, type Page } from "puppeteer-core";
-import type { DemoRequest, DemoResult } from "../demo/app.js";
+import type { Page } from "puppeteer-core";
+import { type Chromium, launchChromium, openDemo, runInPage, serverOrigin } from "../demo/chromium.js";
 import { startServer } from "../demo/server.js";
 import { type Case, generateOptions, readVectors } from "./vectors.js";
 
 const vectors = readVectors();
 
-export const CHROMIUM_FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-
-/** A headless Chromium with a fresh profile; close() also removes the profile. */
-export async function launchChromium(): Promise<{ browser: Browser; close: () => Promise<void> }> {
-  const profile = mkdtempSync(join(tmpdir(), "shadow-edge-chromium-"));
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`],
-  });
-  return {
-    browser,
-    close: async () => {
-      await browser.close();
-      rmSync(profile, { recursive: true, force: true });
-    },
-  };
-}
-
-/** The demo page on a bundle, with the page's errors collected. */
-export async function openDemo(browser: Browser, origin: string, bundle: string): Promise<{ page: Page; errors: string[] }> {
-  const page = await browser.newPage();
-  const errors: string[] = [];
-  page.on("pageerror", (error) => errors.push(String(error)));
-  page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
-  page.on("response", (response) => response.status() >= 400 && errors.push(`${response.status()} ${response.url()}`));
-  await page.goto(`${origin}/demo/?bundle=/bundles/${bundle}/`);
-  await page.waitForFunction(() => "demo" in window, { timeout: 30_000 });
-  return { page, errors };
-}
-
-export function runInPage(page: Page, request: DemoRequest): Promise<DemoResult> {
-  return page.evaluate((r) => window.demo.run(r), request);
-}
-
 describe("the demo page in headless Chromium", () => {
   let server: Server;
-  let chromium: Awaited<ReturnType<typeof launchChromium>>;
+  let chromium: Chromium;
   let origin: string;
   let page: Page;
   let errors: string[];
 
   before(async () => {
     server = await startServer({ text: vectors.bundles.text, robot: vectors.bundles.robot });
-    const address = server.address();
-    origin = `http://127.0.0.1:${typeof address === "object" && address ? address.port : 0}`;
+    origin = serverOrigin(server);
     chromium = await launchChromium();
     ({ page, errors } = await openDemo(chromium.browser, origin, "text"));
   });
