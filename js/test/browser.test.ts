@@ -68,6 +68,16 @@ describe("the demo page in headless Chromium", () => {
     assert.deepEqual(got, ["attached", c.token_ids, c.text]);
   });
 
+  test("a mode fetches each file once: the same weights buffer goes to every session", async () => {
+    const fresh = await openDemo(chromium.browser, origin, "text");
+    const fetched: string[] = [];
+    fresh.page.on("request", (request) => fetched.push(new URL(request.url()).pathname));
+    await runInPage(fresh.page, { mode: "attached", prompt: "a", options: { maxNewTokens: 2 } });
+    const bundleFiles = fetched.filter((p) => p.startsWith("/bundles/text/")).sort();
+    assert.deepEqual(bundleFiles, ["backbone.onnx", "manifest.json", "shadow.onnx", "tokenizer.json", "weights.data"].map((f) => `/bundles/text/${f}`));
+    await fresh.page.close();
+  });
+
   test("the page is cross-origin isolated (wasm threads)", async () => {
     assert.equal(await page.evaluate(() => globalThis.crossOriginIsolated), true);
   });
