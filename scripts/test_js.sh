@@ -16,4 +16,4 @@ fi
 cd js
 rm -rf dist
 npx tsc -p .
-SHADOW_EDGE_VECTORS="$VECTORS" SHADOW_EDGE_CLI="$PWD/../.venv-runtime/bin/shadow-edge" node --test dist/test/
+SHADOW_EDGE_VECTORS="$VECTORS" SHADOW_EDGE_CLI="$PWD/../.venv/bin/shadow-edge" node --test dist/test/

@@ -2,9 +2,7 @@
  * its stats, the sampler's distribution, and remote escalation to a real `shadow-edge serve`. */
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
@@ -19,6 +17,7 @@ import {
   RemoteError,
   type Response,
 } from "../src/node.js";
+import { freePort, type PythonServer, startPythonServer } from "./python-server.js";
 import { readVectors } from "./vectors.js";
 
 const vectors = readVectors();
@@ -125,19 +124,13 @@ test("the sampler draws from its distribution (top-k and top-p applied)", () => 
 
 describe("remote escalation to shadow-edge serve", () => {
   let url = "";
-  let server: ReturnType<typeof spawn> | null = null;
+  let server: PythonServer | null = null;
 
   before(async () => {
-    const cli = process.env.SHADOW_EDGE_CLI;
-    if (!cli) throw new Error("set SHADOW_EDGE_CLI to a shadow-edge executable with the serve extra");
-    const port = await freePort();
-    server = spawn(cli, ["serve", vectors.bundles.text, "--port", String(port), "--mode", "attached"], { stdio: "ignore" });
-    url = `http://127.0.0.1:${port}`;
-    await waitFor(`${url}/health`, 60_000);
+    server = await startPythonServer(vectors.bundles.text, ["--mode", "attached"]);
+    url = server.url;
   });
-  after(() => {
-    server?.kill();
-  });
+  after(() => server?.stop());
 
   test("the escalated answer is the attached model's, with its ids; the decision is the shadow's", async () => {
     const cascade = await loadCascade(vectors.bundles.text, { remote: url, confidenceThreshold: 1.5 });
@@ -163,27 +156,3 @@ describe("remote escalation to shadow-edge serve", () => {
     await cascade.release();
   });
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const probe = createServer();
-    probe.once("error", reject);
-    probe.listen(0, "127.0.0.1", () => {
-      const address = probe.address();
-      probe.close(() => resolve(typeof address === "object" && address ? address.port : 0));
-    });
-  });
-}
-
-async function waitFor(url: string, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    try {
-      if ((await fetch(url)).ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`${url} did not answer within ${timeoutMs} ms`);
-}

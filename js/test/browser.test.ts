@@ -8,6 +8,7 @@ import { after, before, describe, test } from "node:test";
 import type { Page } from "puppeteer-core";
 import { type Chromium, launchChromium, openDemo, runInPage, serverOrigin } from "../demo/chromium.js";
 import { startServer } from "../demo/server.js";
+import { startPythonServer } from "./python-server.js";
 import { type Case, generateOptions, readVectors } from "./vectors.js";
 
 const vectors = readVectors();
@@ -76,6 +77,26 @@ describe("the demo page in headless Chromium", () => {
     const bundleFiles = fetched.filter((p) => p.startsWith("/bundles/text/")).sort();
     assert.deepEqual(bundleFiles, ["backbone.onnx", "manifest.json", "shadow.onnx", "tokenizer.json", "weights.data"].map((f) => `/bundles/text/${f}`));
     await fresh.page.close();
+  });
+
+  test("the cascade escalates from the tab to shadow-edge serve (CORS opt-in) as in Python", async () => {
+    const remote = await startPythonServer(vectors.bundles.text, ["--mode", "attached", "--cors-origin", origin]);
+    try {
+      const want = greedy("attached")[0];
+      const got = await page.evaluate(
+        async (url, prompt) => {
+          const web = await import("/dist/src/web.js" as string);
+          const cascade = await web.loadCascade(window.demo.bundle, { remote: url, confidenceThreshold: 1.5 });
+          const r = await cascade.generate(prompt, { maxNewTokens: 12, temperature: 0 });
+          return [r.servedBy, r.tokenIds, r.text, Object.keys(cascade.runners).sort()];
+        },
+        remote.url,
+        want.prompt as string,
+      );
+      assert.deepEqual(got, ["remote", want.token_ids, want.text, ["shadow", "shadow_head"]]);
+    } finally {
+      remote.stop();
+    }
   });
 
   test("the page is cross-origin isolated (wasm threads)", async () => {

@@ -175,6 +175,9 @@ def serve(
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
     max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
+    cors_origin: Annotated[
+        list[str] | None, typer.Option(help="a web origin whose pages may call the server (repeatable; * = any)")
+    ] = None,
 ) -> None:
     """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
     from ..runtimes.model import MODES, load
@@ -197,5 +200,5 @@ def serve(
     line = f"serving {escape(str(bundle))} ({model.mode}) at {url}/v1 (Ctrl-C stops)"
     console.print(line, highlight=False, soft_wrap=True)
     console.file.flush()  # before the server blocks: a pipe or a log file gets the line now
-    limits = dict(max_tokens_limit=max_tokens_limit, max_concurrent=max_concurrent)
+    limits = dict(max_tokens_limit=max_tokens_limit, max_concurrent=max_concurrent, cors_origins=cors_origin or [])
     run_server(model, host, port, log_level="warning", model_name=bundle.resolve().name, **limits)

@@ -17,6 +17,9 @@ The model is duck-typed: anything with mode, context_length, default_max_new_tok
 encode(), encode_chat(), stream() and generate() (and optionally chat()/stream_chat(), which a
 cascade uses to send a conversation on as messages), such as a ShadowEdgeModel.
 
+Browsers may call it from other origins only when asked for (`cors_origins`, `--cors-origin`):
+a web page that runs the shadow in the tab escalates here (js/demo/).
+
 This module imports neither torch nor transformers (the runtime stays torch-free).
 """
 
@@ -35,6 +38,8 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
@@ -507,8 +512,10 @@ def create_app(
     max_concurrent: int = MAX_CONCURRENT,
     max_queued: int = MAX_QUEUED,
     model_name: str | None = None,
+    cors_origins: Sequence[str] = (),
 ) -> Starlette:
-    """The ASGI app serving `model` (see the module docstring)."""
+    """The ASGI app serving `model` (see the module docstring); cors_origins: the web origins
+    (scheme://host[:port], or "*") whose pages may call it, none by default."""
     root = getattr(model, "root", None)
     name = model_name or (getattr(root, "name", "") or "shadow-edge")
     server = Server(model, max_tokens_limit, max_request_bytes, max_concurrent, max_queued, name)
@@ -519,7 +526,11 @@ def create_app(
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
     ]
     handlers = {HTTPException: _http_error, ApiError: _api_error, Exception: _server_error}
-    app = Starlette(routes=routes, exception_handlers=handlers)  # type: ignore[arg-type]
+    middleware = []
+    if cors_origins:
+        cors = {"allow_methods": ["GET", "POST"], "allow_headers": ["Content-Type", "Authorization"]}
+        middleware.append(Middleware(CORSMiddleware, allow_origins=list(cors_origins), **cors))
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)  # type: ignore[arg-type]
     app.state.server = server
     return app
 
