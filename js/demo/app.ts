@@ -1,5 +1,7 @@
 /** The demo page: loads the bundle named by ?bundle= (default /bundles/robot/) once per mode, streams
- * the answer into the page with its tok/s, and exposes window.demo.run() for the browser test. */
+ * the answer into the page with its tok/s, and exposes window.demo.run() for the browser test.
+ * ?remote=URL makes the cascade escalate to that server (`shadow-edge serve --cors-origin ...`)
+ * instead of the attached model in the tab. */
 
 import { CascadeStream, type GenerateOptions, load, loadCascade, type Message, type ShadowEdgeModel } from "../src/web.js";
 
@@ -27,7 +29,9 @@ export interface DemoResult {
   crossOriginIsolated: boolean;
 }
 
-const bundle = new URLSearchParams(location.search).get("bundle") ?? "/bundles/robot/";
+const params = new URLSearchParams(location.search);
+const bundle = params.get("bundle") ?? "/bundles/robot/";
+const remote = params.get("remote") ?? undefined;
 const models = new Map<DemoMode, { model: Promise<ShadowEdgeModel>; loadS: Promise<number> }>();
 const $ = (id: string) => document.getElementById(id) as HTMLElement;
 
@@ -35,7 +39,7 @@ function open(mode: DemoMode, threads?: number) {
   let entry = models.get(mode);
   if (!entry) {
     const started = performance.now();
-    const model = mode === "cascade" ? loadCascade(bundle, { threads }) : load(bundle, { mode, threads });
+    const model = mode === "cascade" ? loadCascade(bundle, { threads, remote }) : load(bundle, { mode, threads });
     entry = { model, loadS: model.then(() => (performance.now() - started) / 1000) };
     models.set(mode, entry);
   }
