@@ -51,6 +51,17 @@ describe("bundle checks", () => {
     rmSync(dir, { recursive: true });
   });
 
+  test("a manifest naming a file outside the bundle is refused", async () => {
+    const dir = copyBundle((d) => {
+      const manifest = JSON.parse(readFileSync(join(d, "manifest.json"), "utf8"));
+      manifest.graphs.shadow_lm.file = "../shadow_lm.onnx";
+      manifest.files["../shadow_lm.onnx"] = manifest.files["shadow_lm.onnx"];
+      writeFileSync(join(d, "manifest.json"), JSON.stringify(manifest));
+    });
+    await assert.rejects(load(dir, { mode: "detached" }), (e: unknown) => e instanceof BundleError && /outside the bundle/.test(e.message));
+    rmSync(dir, { recursive: true });
+  });
+
   test("a truncated file, a missing folder and an unsupported mode are BundleErrors", async () => {
     const dir = copyBundle((d) => writeFileSync(join(d, "shadow_lm.onnx"), "x"));
     await assert.rejects(load(dir, { mode: "detached" }), (e: unknown) => e instanceof BundleError && /has 1 bytes/.test(e.message));

@@ -3,7 +3,10 @@
  * answers as the Python runtime does, detached, attached and as a cascade. */
 
 import assert from "node:assert/strict";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { Page } from "puppeteer-core";
 import { type Chromium, launchChromium, openDemo, runInPage, serverOrigin } from "../demo/chromium.js";
@@ -17,11 +20,17 @@ describe("the demo page in headless Chromium", () => {
   let server: Server;
   let chromium: Chromium;
   let origin: string;
+  let corrupt: string;
   let page: Page;
   let errors: string[];
 
   before(async () => {
-    server = await startServer({ text: vectors.bundles.text, robot: vectors.bundles.robot });
+    corrupt = mkdtempSync(join(tmpdir(), "shadow-edge-corrupt-"));
+    cpSync(vectors.bundles.text, corrupt, { recursive: true });
+    const weights = readFileSync(join(corrupt, "weights.data"));
+    weights[100] ^= 0xff;
+    writeFileSync(join(corrupt, "weights.data"), weights);
+    server = await startServer({ text: vectors.bundles.text, robot: vectors.bundles.robot, corrupt });
     origin = serverOrigin(server);
     chromium = await launchChromium();
     ({ page, errors } = await openDemo(chromium.browser, origin, "text"));
@@ -29,6 +38,7 @@ describe("the demo page in headless Chromium", () => {
   after(async () => {
     await chromium?.close();
     server?.close();
+    rmSync(corrupt, { recursive: true, force: true });
   });
 
   const greedy = (mode: string) =>
@@ -97,6 +107,19 @@ describe("the demo page in headless Chromium", () => {
     } finally {
       remote.stop();
     }
+  });
+
+  test("verify: hash checks sha256 with WebCrypto: a modified weights file is refused", async () => {
+    const outcome = await page.evaluate(async () => {
+      const web = await import("/dist/src/web.js" as string);
+      const good = await web.load("/bundles/text/", { mode: "detached", verify: "hash" });
+      await good.release();
+      return web.load("/bundles/corrupt/", { mode: "detached", verify: "hash" }).then(
+        () => "loaded",
+        (e: Error) => `${e.name}: ${e.message}`,
+      );
+    });
+    assert.match(outcome, /^BundleError: bundle file weights\.data does not match its sha256/);
   });
 
   test("the page is cross-origin isolated (wasm threads)", async () => {
