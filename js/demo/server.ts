@@ -1,7 +1,8 @@
 /** A tiny static server for the demo page: the js/ folder at /, bundle folders at /bundles/NAME/,
  * with the headers that make the page cross-origin isolated (COOP same-origin + COEP
  * require-corp), which onnxruntime-web needs for wasm threads (SharedArrayBuffer). GET and HEAD
- * only; paths cannot leave their folder.
+ * only, single byte ranges (the web host fetches only the weights a mode reads); paths cannot
+ * leave their folder.
  *
  *     node dist/demo/server.js --bundle robot=work/robot-bundle [--port 8080]   # then open /demo/
  */
@@ -45,6 +46,15 @@ function locate(path: string, bundles: Record<string, string>): string | null {
   return file === root || file.startsWith(root + sep) ? file : null;
 }
 
+/** [first, last] byte of a single-range header ("bytes=a-b", "a-", "-n"), null without one. */
+function byteRange(header: string | undefined, size: number): [number, number] | null | "invalid" {
+  if (!header) return null;
+  const match = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!match || (!match[1] && !match[2])) return "invalid";
+  const [start, end] = match[1] ? [Number(match[1]), match[2] ? Math.min(Number(match[2]), size - 1) : size - 1] : [Math.max(0, size - Number(match[2])), size - 1];
+  return start <= end && start < size ? [start, end] : "invalid";
+}
+
 export function startServer(bundles: Record<string, string>, port = 0, host = "127.0.0.1"): Promise<Server> {
   const server = createServer(async (request, response) => {
     const url = new URL(request.url ?? "/", "http://localhost");
@@ -60,14 +70,25 @@ export function startServer(bundles: Record<string, string>, port = 0, host = "1
       response.writeHead(404, { ...ISOLATION_HEADERS, "Content-Type": "text/plain" }).end("not found\n");
       return;
     }
-    response.writeHead(200, {
+    const headers = {
       ...ISOLATION_HEADERS,
       "Content-Type": TYPES[extname(file)] ?? "application/octet-stream",
-      "Content-Length": size,
+      "Accept-Ranges": "bytes",
       "Cache-Control": "no-cache",
+    };
+    const range = byteRange(request.headers.range, size);
+    if (range === "invalid") {
+      response.writeHead(416, { ...headers, "Content-Range": `bytes */${size}` }).end();
+      return;
+    }
+    const [start, end] = range ?? [0, size - 1];
+    response.writeHead(range ? 206 : 200, {
+      ...headers,
+      "Content-Length": end - start + 1,
+      ...(range ? { "Content-Range": `bytes ${start}-${end}/${size}` } : {}),
     });
-    if (request.method === "HEAD") response.end();
-    else createReadStream(file).pipe(response);
+    if (request.method === "HEAD" || end < start) response.end();
+    else createReadStream(file, { start, end }).pipe(response);
   });
   return new Promise((ok, fail) => {
     server.once("error", fail);

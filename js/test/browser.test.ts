@@ -3,7 +3,7 @@
  * answers as the Python runtime does, detached, attached and as a cascade. */
 
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import type { Server } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -15,6 +15,33 @@ import { startPythonServer } from "./python-server.js";
 import { type Case, generateOptions, readVectors } from "./vectors.js";
 
 const vectors = readVectors();
+
+/** What a page fetches from a served bundle: file names (HEAD requests aside) and the byte ranges
+ * [first, last] of weights.data it received. */
+function recordFetches(page: Page, bundle: string): { files: string[]; ranges: [number, number][] } {
+  const record = { files: [] as string[], ranges: [] as [number, number][] };
+  const prefix = `/bundles/${bundle}/`;
+  page.on("response", (response) => {
+    const path = new URL(response.url()).pathname;
+    if (!path.startsWith(prefix) || response.request().method() !== "GET") return;
+    const name = path.slice(prefix.length);
+    if (!record.files.includes(name)) record.files.push(name);
+    const range = /bytes (\d+)-(\d+)\//.exec(response.headers()["content-range"] ?? "");
+    if (name === "weights.data") record.ranges.push(range ? [Number(range[1]), Number(range[2])] : [0, Number.MAX_SAFE_INTEGER]);
+  });
+  return record;
+}
+
+/** Every [offset, length] wanted lies inside one fetched [first, last] range. */
+function assertCovered(wanted: [number, number][], fetched: [number, number][]): void {
+  assert.ok(wanted.length > 0);
+  for (const [offset, length] of wanted) {
+    assert.ok(
+      fetched.some(([first, last]) => first <= offset && offset + length - 1 <= last),
+      `bytes ${offset}+${length} were not fetched (fetched: ${JSON.stringify(fetched)})`,
+    );
+  }
+}
 
 describe("the demo page in headless Chromium", () => {
   let server: Server;
@@ -79,34 +106,16 @@ describe("the demo page in headless Chromium", () => {
     assert.deepEqual(got, ["attached", c.token_ids, c.text]);
   });
 
-  test("a mode fetches each file once: the same weights buffer goes to every session", async () => {
+  test("an attached page fetches each file once, and of weights.data each byte its graphs read, once", async () => {
     const fresh = await openDemo(chromium.browser, origin, "text");
-    const fetched: string[] = [];
-    fresh.page.on("request", (request) => fetched.push(new URL(request.url()).pathname));
+    const record = recordFetches(fresh.page, "text");
     await runInPage(fresh.page, { mode: "attached", prompt: "a", options: { maxNewTokens: 2 } });
-    const bundleFiles = fetched.filter((p) => p.startsWith("/bundles/text/")).sort();
-    assert.deepEqual(bundleFiles, ["backbone.onnx", "manifest.json", "shadow.onnx", "tokenizer.json", "weights.data"].map((f) => `/bundles/text/${f}`));
+    assert.deepEqual(record.files.sort(), ["backbone.onnx", "manifest.json", "shadow.onnx", "tokenizer.json", "weights.data"]);
+    const wanted = [...vectors.external.text.shadow, ...vectors.external.text.backbone];
+    assertCovered(wanted, record.ranges);
+    const sorted = [...record.ranges].sort((x, y) => x[0] - y[0]);
+    sorted.slice(1).forEach(([start], i) => assert.ok(start > sorted[i][1], `ranges overlap: ${JSON.stringify(sorted)}`));
     await fresh.page.close();
-  });
-
-  test("the cascade escalates from the tab to shadow-edge serve (CORS opt-in) as in Python", async () => {
-    const remote = await startPythonServer(vectors.bundles.text, ["--mode", "attached", "--cors-origin", origin]);
-    try {
-      const want = greedy("attached")[0];
-      const got = await page.evaluate(
-        async (url, prompt) => {
-          const web = await import("/dist/src/web.js" as string);
-          const cascade = await web.loadCascade(window.demo.bundle, { remote: url, confidenceThreshold: 1.5 });
-          const r = await cascade.generate(prompt, { maxNewTokens: 12, temperature: 0 });
-          return [r.servedBy, r.tokenIds, r.text, Object.keys(cascade.runners).sort()];
-        },
-        remote.url,
-        want.prompt as string,
-      );
-      assert.deepEqual(got, ["remote", want.token_ids, want.text, ["shadow", "shadow_head"]]);
-    } finally {
-      remote.stop();
-    }
   });
 
   test("verify: hash checks sha256 with WebCrypto: a modified weights file is refused", async () => {
@@ -128,10 +137,16 @@ describe("the demo page in headless Chromium", () => {
 
   test("the robot demo (SmolLM2-135M) answers as in Python: detached, and the cascade escalating in the tab", async () => {
     const robot = await openDemo(chromium.browser, origin, "robot");
+    const record = recordFetches(robot.page, "robot");
     for (const c of vectors.robot.filter((c) => c.kind === "chat" && c.mode === "detached")) {
       const got = await runInPage(robot.page, { mode: "detached", messages: c.messages, options: generateOptions(c), threads: 2 });
       assert.deepEqual([got.tokenIds, got.text, got.finishReason], [c.token_ids, c.text, c.finish_reason]);
     }
+    // the detached page fetched the shadow's weights and not the backbone's
+    assertCovered(vectors.external.robot.shadow_lm, record.ranges);
+    const fetched = record.ranges.reduce((sum, [s, e]) => sum + e - s + 1, 0);
+    const size = statSync(join(vectors.bundles.robot, "weights.data")).size;
+    assert.ok(fetched < 0.4 * size, `the detached page fetched ${fetched} of ${size} bytes of weights`);
     const escalated = vectors.robot.find((c) => c.kind === "cascade" && c.served_by === "attached") as Case;
     const got = await runInPage(robot.page, { mode: "cascade", messages: escalated.messages, options: generateOptions(escalated) });
     assert.deepEqual([got.servedBy, got.tokenIds, got.text], ["attached", escalated.token_ids, escalated.text]);

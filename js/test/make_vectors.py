@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import shadow_edge  # noqa: E402
+import shadow_edge.bundle  # noqa: E402
 from shadow_edge.runtimes.cascade import load_cascade  # noqa: E402
 from shadow_edge.runtimes.escalation import next_token_stats  # noqa: E402
 
@@ -173,6 +174,19 @@ def robot_cases(bundle: Path) -> list[dict]:
     return cases
 
 
+def external_ranges(bundle: Path) -> dict[str, list[list[int]]]:
+    """Per graph, the [offset, length] of weights.data its initializers point at, read by onnx."""
+    import onnx
+
+    manifest = shadow_edge.bundle.read_manifest(bundle)
+    out = {}
+    for name, spec in manifest.graphs.items():
+        model = onnx.load(bundle / spec.file, load_external_data=False)
+        entries = [{e.key: e.value for e in t.external_data} for t in model.graph.initializer if t.external_data]
+        out[name] = sorted([int(e.get("offset", 0)), int(e["length"])] for e in entries)
+    return out
+
+
 def rng_cases() -> list[dict]:
     """numpy's default_rng(seed).random(): the draws the sampler makes."""
     return [{"seed": seed, "random": np.random.default_rng(seed).random(6).tolist()} for seed in RNG_SEEDS]
@@ -188,6 +202,7 @@ def main(out: Path, smollm2: Path | None) -> None:
     vectors = {
         "bundles": {name: str(path) for name, path in bundles.items()},
         "rng": rng_cases(),
+        "external": {name: external_ranges(path) for name, path in bundles.items()},
         "tokenizer": [
             {"text": s, "ids": tokenizer.encode(s), "chat": tokenizer.apply_chat_template(CHAT)}
             for s in [*TEXT_PROMPTS, "café 日本 🙂", "user: hi!"]

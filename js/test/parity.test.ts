@@ -5,7 +5,10 @@
 
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { load, loadCascade, NumpyRandom, type ShadowEdgeModel } from "../src/node.js";
+import { externalRanges } from "../src/onnx-external.js";
 import { type Case, generateOptions, policyOptions, readVectors, title } from "./vectors.js";
 
 const vectors = readVectors();
@@ -19,6 +22,18 @@ test("NumpyRandom draws what numpy's default_rng draws", () => {
       random,
       `seed ${seed}`,
     );
+  }
+});
+
+test("the external-data ranges of every graph are those onnx reads", () => {
+  for (const [bundle, graphs] of Object.entries(vectors.external)) {
+    const manifest = JSON.parse(readFileSync(join(vectors.bundles[bundle as "text"], "manifest.json"), "utf8"));
+    for (const [graph, want] of Object.entries(graphs)) {
+      const ranges = externalRanges(readFileSync(join(vectors.bundles[bundle as "text"], manifest.graphs[graph].file)));
+      assert.ok(ranges.every((r) => r.location === "weights.data"));
+      const got = ranges.map((r) => [r.offset, r.length]).sort((a, b) => (a[0] as number) - (b[0] as number) || (a[1] as number) - (b[1] as number));
+      assert.deepEqual(got, want, `${bundle} ${graph}`);
+    }
   }
 });
 

@@ -26,6 +26,7 @@ export interface Vectors {
   root: string;
   bundles: { text: string; ids: string; robot: string };
   rng: { seed: number; random: number[] }[];
+  external: Record<string, Record<string, [number, number][]>>; // bundle -> graph -> [offset, length] in weights.data
   tokenizer: { text: string; ids: number[]; chat: string }[];
   text: Case[];
   ids: Case[];
