@@ -57,7 +57,7 @@ describe("the demo page in headless Chromium", () => {
     const weights = readFileSync(join(corrupt, "weights.data"));
     weights[100] ^= 0xff;
     writeFileSync(join(corrupt, "weights.data"), weights);
-    server = await startServer({ text: vectors.bundles.text, robot: vectors.bundles.robot, corrupt });
+    server = await startServer({ text: vectors.bundles.text, robot: vectors.bundles.robot, robot_int4: vectors.bundles.robot_int4, corrupt });
     origin = serverOrigin(server);
     chromium = await launchChromium();
     ({ page, errors } = await openDemo(chromium.browser, origin, "text"));
@@ -148,6 +148,19 @@ describe("the demo page in headless Chromium", () => {
     const size = statSync(join(vectors.bundles.robot, "weights.data")).size;
     assert.ok(fetched < 0.4 * size, `the detached page fetched ${fetched} of ${size} bytes of weights`);
     const escalated = vectors.robot.find((c) => c.kind === "cascade" && c.served_by === "attached") as Case;
+    const got = await runInPage(robot.page, { mode: "cascade", messages: escalated.messages, options: generateOptions(escalated) });
+    assert.deepEqual([got.servedBy, got.tokenIds, got.text], ["attached", escalated.token_ids, escalated.text]);
+    assert.deepEqual(robot.errors, []);
+    await robot.page.close();
+  });
+
+  test("the robot demo's web int4 profile answers as in Python, detached and as a cascade", async () => {
+    const robot = await openDemo(chromium.browser, origin, "robot_int4");
+    for (const c of vectors.robot_int4.filter((c) => c.kind === "chat" && c.mode === "detached")) {
+      const got = await runInPage(robot.page, { mode: "detached", messages: c.messages, options: generateOptions(c), threads: 2 });
+      assert.deepEqual([got.tokenIds, got.text, got.finishReason], [c.token_ids, c.text, c.finish_reason]);
+    }
+    const escalated = vectors.robot_int4.find((c) => c.kind === "cascade" && c.served_by === "attached") as Case;
     const got = await runInPage(robot.page, { mode: "cascade", messages: escalated.messages, options: generateOptions(escalated) });
     assert.deepEqual([got.servedBy, got.tokenIds, got.text], ["attached", escalated.token_ids, escalated.text]);
     assert.deepEqual(robot.errors, []);

@@ -145,15 +145,21 @@ def _between(values) -> float:
     return (low + high) / 2
 
 
-def robot_bundle(folder: Path) -> Path:
+def robot_bundles(folder: Path) -> dict[str, Path]:
+    """The fp32 demo bundle, and its web int4 profile: int4 body, float32 head (the int8/int4 head's
+    MatMulNBits is slow in wasm), accuracy level 0 (x86 then computes in float32 as wasm does, so
+    both give the same tokens; on x86 alone keep the default level 4, it is faster)."""
     from shadow_edge.exporters.demo import write_demo_checkpoint
+    from shadow_edge.exporters.quantize import quantize_bundle
 
-    ckpt, bundle = folder / "ckpt", folder / "bundle"
+    ckpt, bundle, web = folder / "ckpt", folder / "bundle", folder / "web-int4"
     if not (ckpt / "shadow_adapter.safetensors").is_file():
         write_demo_checkpoint(ckpt)
     if not (bundle / "manifest.json").is_file():
         shadow_edge.export(ckpt, bundle)
-    return bundle
+    if not (web / "manifest.json").is_file():
+        quantize_bundle(bundle, web, "int4", quantize_head="float32", accuracy_level=0, threads=2, force=True)
+    return {"robot": bundle, "robot_int4": web}
 
 
 def robot_cases(bundle: Path) -> list[dict]:
@@ -196,7 +202,7 @@ def main(out: Path, smollm2: Path | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     bundles = export_bundles(out)
     if smollm2 is not None:
-        bundles["robot"] = robot_bundle(smollm2)
+        bundles |= robot_bundles(smollm2)
     text_model = shadow_edge.load(bundles["text"], mode="detached")
     tokenizer = text_model.tokenizer
     vectors = {
@@ -212,6 +218,7 @@ def main(out: Path, smollm2: Path | None) -> None:
         + cascade_cases(bundles["text"], TEXT_PROMPTS[:2], marker_from_text=True),
         "ids": generation_cases(bundles["ids"], ID_PROMPTS) + cascade_cases(bundles["ids"], ID_PROMPTS, False),
         "robot": robot_cases(bundles["robot"]) if smollm2 is not None else [],
+        "robot_int4": robot_cases(bundles["robot_int4"]) if smollm2 is not None else [],
     }
     (out / "vectors.json").write_text(json.dumps(vectors), encoding="utf-8")
 

@@ -52,7 +52,7 @@ function vectorsChat() {
   return chat.messages;
 }
 
-for (const bundle of ["text", "ids", "robot"] as const) {
+for (const bundle of ["text", "ids", "robot", "robot_int4"] as const) {
   describe(`${bundle} bundle`, () => {
     const cases = vectors[bundle];
     const models = new Map<string, Promise<ShadowEdgeModel>>();
@@ -64,7 +64,7 @@ for (const bundle of ["text", "ids", "robot"] as const) {
 
     test("has cases of every kind", () => {
       const kinds = new Set(cases.map((c) => `${c.kind} ${c.mode ?? ""}`));
-      const wanted = bundle === "robot" ? ["chat attached", "chat detached", "cascade "] : ["logits attached", "logits detached", "generate attached", "generate detached", "cascade "];
+      const wanted = bundle.startsWith("robot") ? ["chat attached", "chat detached", "cascade "] : ["logits attached", "logits detached", "generate attached", "generate detached", "cascade "];
       for (const k of wanted) assert.ok(kinds.has(k), k);
       const servedBy = new Set(cases.filter((c) => c.kind === "cascade").map((c) => c.served_by));
       assert.deepEqual([...servedBy].sort(), ["attached", "shadow"]);

@@ -24,13 +24,14 @@ export interface Case {
 
 export interface Vectors {
   root: string;
-  bundles: { text: string; ids: string; robot: string };
+  bundles: { text: string; ids: string; robot: string; robot_int4: string };
   rng: { seed: number; random: number[] }[];
   external: Record<string, Record<string, [number, number][]>>; // bundle -> graph -> [offset, length] in weights.data
   tokenizer: { text: string; ids: number[]; chat: string }[];
   text: Case[];
   ids: Case[];
   robot: Case[]; // the trained demo on SmolLM2-135M
+  robot_int4: Case[]; // its web int4 profile (make_vectors.robot_bundles)
 }
 
 /** The vectors of this test run: SHADOW_EDGE_VECTORS names make_vectors.py's output folder. */
