@@ -32,6 +32,7 @@ export async function launchChromium(): Promise<Chromium> {
   const browser = await puppeteer.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
+    protocolTimeout: 900_000, // a slow generation on a busy CI machine is not a hung browser
     args: [...CHROMIUM_FLAGS, `--user-data-dir=${profile}`],
   });
   return {
