@@ -14,5 +14,6 @@ export { load, MODES, type ModelOptions, readManifest, ShadowEdgeModel } from ".
 export { RemoteModel } from "./remote.js";
 export { NumpyRandom } from "./rng.js";
 export { distribution, makeSampler } from "./sampling.js";
+export { DraftLength, loadSpeculative, type SpeculativeOptions, SpeculativeModel, type SpeculativeStats } from "./speculative.js";
 export { type LoadOptions } from "./sessions.js";
 export { type Message, StreamDecoder, Tokenizer } from "./tokenizer.js";

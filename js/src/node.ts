@@ -11,6 +11,7 @@ import { BundleError } from "./errors.js";
 import type { BundleHost, Ort, Session, SessionOptions } from "./host.js";
 import { checkRelative, type Manifest } from "./manifest.js";
 import { load as loadFrom, type ModelOptions, type ShadowEdgeModel } from "./model.js";
+import { loadSpeculative as loadSpeculativeFrom, type SpeculativeModel, type SpeculativeOptions } from "./speculative.js";
 
 export * from "./index.js";
 
@@ -73,4 +74,9 @@ export function load(path: string, options: ModelOptions = {}): Promise<ShadowEd
 /** Open the bundle folder `path` as a cascade. */
 export function loadCascade(path: string, options: CascadeOptions = {}): Promise<CascadeModel> {
   return loadCascadeFrom(new NodeBundle(path), options);
+}
+
+/** Open the bundle folder `path` for speculative decoding (attached greedy output, shadow drafts). */
+export function loadSpeculative(path: string, options: SpeculativeOptions = {}): Promise<SpeculativeModel> {
+  return loadSpeculativeFrom(new NodeBundle(path), options);
 }

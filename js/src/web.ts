@@ -16,6 +16,7 @@ import { BundleError } from "./errors.js";
 import type { BundleHost, Ort, Session, SessionOptions } from "./host.js";
 import { checkRelative, type Manifest } from "./manifest.js";
 import { load as loadFrom, type ModelOptions, type ShadowEdgeModel } from "./model.js";
+import { loadSpeculative as loadSpeculativeFrom, type SpeculativeModel, type SpeculativeOptions } from "./speculative.js";
 import { externalRanges, spans } from "./onnx-external.js";
 
 export * from "./index.js";
@@ -183,4 +184,9 @@ export function load(url: string | URL, options: ModelOptions = {}): Promise<Sha
 /** Open the bundle at `url` as a cascade. */
 export function loadCascade(url: string | URL, options: CascadeOptions = {}): Promise<CascadeModel> {
   return loadCascadeFrom(new WebBundle(url), withThreads(options));
+}
+
+/** Open the bundle at `url` for speculative decoding (attached greedy output, shadow drafts). */
+export function loadSpeculative(url: string | URL, options: SpeculativeOptions = {}): Promise<SpeculativeModel> {
+  return loadSpeculativeFrom(new WebBundle(url), withThreads(options));
 }

@@ -12,6 +12,7 @@ import {
   GenerationError,
   load,
   loadCascade,
+  loadSpeculative,
   makeSampler,
   NumpyRandom,
   RemoteError,
@@ -116,6 +117,18 @@ describe("requests", async () => {
     assert.deepEqual(a.tokenIds, b.tokenIds);
     assert.notDeepEqual(a.tokenIds, c.tokenIds);
   });
+});
+
+test("speculative decoding refuses sampling and a bundle without the attached graphs", async () => {
+  const model = await loadSpeculative(vectors.bundles.text);
+  assert.throws(() => model.stream("hello", { temperature: 0.7 }), (e: unknown) => e instanceof GenerationError && /temperature 0/.test(e.message));
+  await model.release();
+  const dir = copyBundle((d) => {
+    const manifest = JSON.parse(readFileSync(join(d, "manifest.json"), "utf8"));
+    writeFileSync(join(d, "manifest.json"), JSON.stringify({ ...manifest, modes: ["detached"] }));
+  });
+  await assert.rejects(loadSpeculative(dir), (e: unknown) => e instanceof BundleError && /needs the attached graphs/.test(e.message));
+  rmSync(dir, { recursive: true });
 });
 
 test("the sampler draws from its distribution (top-k and top-p applied)", () => {

@@ -26,6 +26,7 @@ import shadow_edge  # noqa: E402
 import shadow_edge.bundle  # noqa: E402
 from shadow_edge.runtimes.cascade import load_cascade  # noqa: E402
 from shadow_edge.runtimes.escalation import next_token_stats  # noqa: E402
+from shadow_edge.runtimes.speculative import load_speculative  # noqa: E402
 
 GREEDY = {"max_new_tokens": 12, "temperature": 0.0}
 SAMPLED = [
@@ -137,6 +138,22 @@ def cascade_cases(bundle: Path, prompts: list, marker_from_text: bool) -> list[d
     return cases
 
 
+def speculative_cases(bundle: Path, prompts: list) -> list[dict]:
+    """Speculative decoding's tokens and its draft statistics (rounds, drafted, accepted)."""
+    cases = []
+    for draft_tokens in (1, 4):
+        model = load_speculative(bundle, draft_tokens=draft_tokens)
+        for prompt in prompts:
+            for settings in (GREEDY, {**GREEDY, "repetition_penalty": 1.5}):
+                chat = isinstance(prompt, list) and isinstance(prompt[0], dict)
+                out = model.chat(prompt, **settings) if chat else model.generate(prompt, **settings)
+                case = {"kind": "speculative", "draft_tokens": draft_tokens, "settings": settings}
+                case |= {"messages": prompt} if chat else {"prompt": prompt}
+                stats = {k: v for k, v in model.stats.to_dict().items() if k != "acceptance"}
+                cases.append(case | result(out) | {"stats": stats})
+    return cases
+
+
 def _between(values) -> float:
     """A threshold in the widest gap between the values: some are under it, some not, and float
     noise cannot move one across."""
@@ -215,9 +232,15 @@ def main(out: Path, smollm2: Path | None) -> None:
         ],
         "text": generation_cases(bundles["text"], TEXT_PROMPTS)
         + stop_cases(bundles["text"])
-        + cascade_cases(bundles["text"], TEXT_PROMPTS[:2], marker_from_text=True),
-        "ids": generation_cases(bundles["ids"], ID_PROMPTS) + cascade_cases(bundles["ids"], ID_PROMPTS, False),
-        "robot": robot_cases(bundles["robot"]) if smollm2 is not None else [],
+        + cascade_cases(bundles["text"], TEXT_PROMPTS[:2], marker_from_text=True)
+        + speculative_cases(bundles["text"], TEXT_PROMPTS),
+        "ids": generation_cases(bundles["ids"], ID_PROMPTS)
+        + cascade_cases(bundles["ids"], ID_PROMPTS, False)
+        + speculative_cases(bundles["ids"], ID_PROMPTS),
+        "robot": robot_cases(bundles["robot"])
+        + speculative_cases(bundles["robot"], [[{"role": "user", "content": p}] for p in ROBOT_PROMPTS[1:]])
+        if smollm2 is not None
+        else [],
         "robot_int4": robot_cases(bundles["robot_int4"]) if smollm2 is not None else [],
     }
     (out / "vectors.json").write_text(json.dumps(vectors), encoding="utf-8")

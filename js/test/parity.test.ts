@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { load, loadCascade, NumpyRandom, type ShadowEdgeModel } from "../src/node.js";
+import { load, loadCascade, loadSpeculative, NumpyRandom, type ShadowEdgeModel, type SpeculativeModel } from "../src/node.js";
 import { externalRanges } from "../src/onnx-external.js";
 import { type Case, generateOptions, policyOptions, readVectors, title } from "./vectors.js";
 
@@ -60,11 +60,16 @@ for (const bundle of ["text", "ids", "robot", "robot_int4"] as const) {
       if (!models.has(mode)) models.set(mode, load(vectors.bundles[bundle], { mode, threads: 2 }));
       return models.get(mode) as Promise<ShadowEdgeModel>;
     };
-    after(async () => Promise.all([...models.values()].map(async (m) => (await m).release())));
+    const speculative = new Map<number, Promise<SpeculativeModel>>();
+    const drafting = (draftTokens: number) => {
+      if (!speculative.has(draftTokens)) speculative.set(draftTokens, loadSpeculative(vectors.bundles[bundle], { draftTokens, threads: 2 }));
+      return speculative.get(draftTokens) as Promise<SpeculativeModel>;
+    };
+    after(async () => Promise.all([...models.values(), ...speculative.values()].map(async (m) => (await m).release())));
 
     test("has cases of every kind", () => {
       const kinds = new Set(cases.map((c) => `${c.kind} ${c.mode ?? ""}`));
-      const wanted = bundle.startsWith("robot") ? ["chat attached", "chat detached", "cascade "] : ["logits attached", "logits detached", "generate attached", "generate detached", "cascade "];
+      const wanted = bundle.startsWith("robot") ? ["chat attached", "chat detached", "cascade "] : ["logits attached", "logits detached", "generate attached", "generate detached", "cascade ", "speculative "];
       for (const k of wanted) assert.ok(kinds.has(k), k);
       const servedBy = new Set(cases.filter((c) => c.kind === "cascade").map((c) => c.served_by));
       assert.deepEqual([...servedBy].sort(), ["attached", "shadow"]);
@@ -85,6 +90,15 @@ for (const bundle of ["text", "ids", "robot", "robot_int4"] as const) {
         const options = generateOptions(c);
         const got = c.kind === "chat" ? await m.chat(c.messages!, options) : await m.generate(c.prompt!, options);
         assertSame(got, c);
+      });
+    }
+
+    for (const c of cases.filter((c) => c.kind === "speculative")) {
+      test(`${title(c)} draft ${c.draft_tokens}`, async () => {
+        const m = await drafting(c.draft_tokens!);
+        const got = c.messages ? await m.chat(c.messages, generateOptions(c)) : await m.generate(c.prompt!, generateOptions(c));
+        assertSame(got, c);
+        assert.deepEqual(m.stats, c.stats);
       });
     }
 

@@ -6,7 +6,7 @@ import type { GenerateOptions } from "../src/generate.js";
 import type { PolicyOverrides } from "../src/escalation.js";
 
 export interface Case {
-  kind: "logits" | "generate" | "chat" | "cascade";
+  kind: "logits" | "generate" | "chat" | "cascade" | "speculative";
   mode?: "attached" | "detached";
   prompt?: string | number[];
   messages?: { role: string; content: string }[];
@@ -20,6 +20,8 @@ export interface Case {
   escalated?: boolean;
   reason?: string | null;
   shadow_token_ids?: number[];
+  draft_tokens?: number;
+  stats?: { rounds: number; drafted: number; accepted: number };
 }
 
 export interface Vectors {
