@@ -12,7 +12,7 @@ export interface BenchRequest {
 }
 
 export interface HostFigures {
-  host: "python" | "node" | "chromium";
+  host: "python" | "node" | "chromium" | "wllama";
   mode: string;
   load_s: number; // manifest to ready sessions (Chromium: fetching the files from localhost included)
   prefill_s: number; // median over the runs
@@ -20,7 +20,7 @@ export interface HostFigures {
   prompt_tokens: number;
   new_tokens: number;
   peak_rss_mb: number; // the process (Chromium: the page's renderer process)
-  token_ids: number[];
+  token_ids: number[]; // [] when the host does not say (wllama)
 }
 
 export function median(values: number[]): number {
