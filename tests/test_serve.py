@@ -301,6 +301,31 @@ def test_unknown_routes_and_methods(text_url):
     assert status == 405 and "POST" in headers["allow"] and got["error"]["code"] == "method_not_allowed"
 
 
+def test_cross_origin_calls_only_from_the_origins_given(text_models, text_url):
+    page = "http://127.0.0.1:5173"
+    preflight = {
+        "Origin": page,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type",
+    }
+
+    def headers(url: str, method: str, origin: str) -> dict:
+        conn = connect(url)
+        conn.request(
+            method, "/v1/completions" if method == "OPTIONS" else "/health", headers={**preflight, "Origin": origin}
+        )
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        return {k.lower(): v for k, v in response.getheaders()}
+
+    assert "access-control-allow-origin" not in headers(text_url, "OPTIONS", page)  # off by default
+    with running(text_models["attached"], cors_origins=[page]) as url:
+        assert headers(url, "OPTIONS", page)["access-control-allow-origin"] == page
+        assert headers(url, "GET", page)["access-control-allow-origin"] == page
+        assert "access-control-allow-origin" not in headers(url, "GET", "http://elsewhere.example")
+
+
 # -- concurrency ---------------------------------------------------------------------------------------
 
 

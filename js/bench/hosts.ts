@@ -1,0 +1,128 @@
+/** Load time, prefill and decode speed of one bundle in three hosts side by side, on the same
+ * request (request.json: a chat prompt, greedy, EOS off): the Python runtime, this runtime in Node
+ * (onnxruntime-node) and in headless Chromium (onnxruntime-web wasm, the demo page). Each host and
+ * mode runs in a fresh process (Chromium: a fresh browser), so peak memory is its own. With --gguf,
+ * the browser peer wllama (llama.cpp in wasm, bench/wllama.html) runs the plain base model from that
+ * GGUF on the same request, with the request's threads and with one (llama.cpp's threads busy-wait,
+ * which a busy machine punishes), timed by llama.cpp itself.
+ *
+ *     node dist/bench/hosts.js BUNDLE [--python .venv-runtime/bin/python] [--gguf FILE.gguf] [--out FILE.json]
+ */
+
+import { execFileSync } from "node:child_process";
+import { basename, dirname } from "node:path";
+import { readFileSync, writeFileSync } from "node:fs";
+import { cpus, loadavg } from "node:os";
+import { fileURLToPath } from "node:url";
+import { launchChromium, openDemo, runInPage, serverOrigin } from "../demo/chromium.js";
+import { startServer } from "../demo/server.js";
+import { type BenchRequest, type HostFigures, median, REQUEST_FILE } from "./figures.js";
+
+const MODES = ["detached", "attached"];
+
+function child(command: string, args: string[]): HostFigures {
+  const out = execFileSync(command, args, { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] });
+  return JSON.parse(out.trim().split("\n").pop() as string);
+}
+
+async function chromium(bundle: string, mode: string, request: BenchRequest): Promise<HostFigures> {
+  const server = await startServer({ bench: bundle });
+  const browser = await launchChromium();
+  try {
+    const { page, errors } = await openDemo(browser.browser, serverOrigin(server), "bench");
+    const options = { maxNewTokens: request.max_new_tokens, temperature: 0, eosTokenIds: [] };
+    const runs = [];
+    for (let i = 0; i < request.repeat; i++) runs.push(await runInPage(page, { mode: mode as "detached", messages: request.messages, options, threads: request.threads }));
+    if (errors.length) throw new Error(`the page reported: ${errors.join("; ")}`);
+    return {
+      host: "chromium",
+      mode,
+      load_s: runs[0].loadS,
+      prefill_s: median(runs.map((r) => r.prefillS)),
+      decode_tok_per_s: median(runs.map((r) => r.decodeTokPerS)),
+      prompt_tokens: runs[0].promptTokens,
+      new_tokens: runs[0].newTokens,
+      peak_rss_mb: browser.rendererPeakMb(),
+      token_ids: runs[0].tokenIds,
+    };
+  } finally {
+    await browser.close();
+    server.close();
+  }
+}
+
+/** wllama on the GGUF in a fresh browser; its speeds are llama.cpp's timings of each completion. */
+async function wllama(gguf: string, threads: number, request: BenchRequest): Promise<HostFigures> {
+  const server = await startServer({ gguf: dirname(gguf) });
+  const browser = await launchChromium();
+  try {
+    const page = await browser.browser.newPage();
+    const origin = serverOrigin(server);
+    await page.goto(`${origin}/bench/wllama.html`);
+    await page.waitForFunction(() => "runWllama" in window, { timeout: 30_000 });
+    const url = `${origin}/bundles/gguf/${basename(gguf)}`;
+    const args = { url, messages: request.messages, maxTokens: request.max_new_tokens, threads, repeat: request.repeat };
+    const result = await page.evaluate((a) => (window as unknown as { runWllama(a: unknown): Promise<WllamaResult> }).runWllama(a), args);
+    const timings = result.runs.map((r) => r.timings);
+    return {
+      host: "wllama",
+      mode: `base, ${threads} thread${threads > 1 ? "s" : ""}`,
+      load_s: result.loadS,
+      prefill_s: median(timings.map((t) => t.prompt_ms / 1000)),
+      decode_tok_per_s: median(timings.map((t) => t.predicted_per_second)),
+      prompt_tokens: timings[0].prompt_n,
+      new_tokens: timings[0].predicted_n,
+      peak_rss_mb: browser.rendererPeakMb(),
+      token_ids: [],
+    };
+  } finally {
+    await browser.close();
+    server.close();
+  }
+}
+
+interface WllamaResult {
+  loadS: number;
+  runs: { timings: { prompt_ms: number; prompt_n: number; predicted_n: number; predicted_per_second: number } }[];
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const bundle = args[0];
+  if (!bundle) throw new Error("usage: hosts.js BUNDLE [--python PYTHON] [--gguf FILE.gguf] [--out FILE.json]");
+  const option = (name: string, fallback: string) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+  const python = option("--python", "python3");
+  const request: BenchRequest = JSON.parse(readFileSync(REQUEST_FILE, "utf8"));
+  const results: HostFigures[] = [];
+  const loadBefore = loadavg()[0]; // other work on the machine slows every host: say how much there was
+  for (const mode of MODES) {
+    results.push(child(python, [fileURLToPath(new URL("../../bench/run_python.py", import.meta.url)), bundle, mode]));
+    results.push(child(process.execPath, [fileURLToPath(new URL("./run_node.js", import.meta.url)), bundle, mode]));
+    results.push(await chromium(bundle, mode, request));
+  }
+  const gguf = option("--gguf", "");
+  if (gguf) for (const threads of [...new Set([request.threads, 1])]) results.push(await wllama(gguf, threads, request));
+  console.log("host      mode      load s  prefill s  decode tok/s  peak MB  same tokens as Python");
+  for (const r of results) {
+    const python = results.find((p) => p.host === "python" && p.mode === r.mode);
+    const same = python ? JSON.stringify(r.token_ids) === JSON.stringify(python.token_ids) : "n/a (another model)";
+    console.log(
+      `${r.host.padEnd(9)} ${r.mode.padEnd(9)} ${r.load_s.toFixed(2).padStart(6)} ${r.prefill_s.toFixed(3).padStart(10)} ${r.decode_tok_per_s.toFixed(1).padStart(13)} ${r.peak_rss_mb.toFixed(0).padStart(8)}  ${same}`,
+    );
+  }
+  const chromiumVersion = execFileSync(process.env.CHROMIUM ?? "/usr/bin/chromium", ["--version"], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim();
+  const report = {
+    schema: "shadow-edge-js-hosts/1",
+    bundle,
+    request,
+    machine: { cpus: cpus().length, cpu: cpus()[0]?.model, node: process.version, chromium: chromiumVersion, load_average_1min: { before: loadBefore, after: loadavg()[0] } },
+    results: results.map(({ token_ids, ...r }) => ({
+      ...r,
+      same_tokens_as_python: r.host === "wllama" ? null : JSON.stringify(token_ids) === JSON.stringify(results.find((p) => p.host === "python" && p.mode === r.mode)?.token_ids),
+    })),
+  };
+  const out = option("--out", "");
+  if (out) writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
+}
+
+await main();
