@@ -56,8 +56,8 @@ def smollm2_export(tmp_path_factory) -> Exported:
 
 @pytest.fixture(scope="session")
 def tiny_references(tiny_exports) -> dict:
-    """The shadow-peft reference model of each tiny bundle (LoadedCheckpoint), for token-level checks."""
-    from shadow_edge.exporters.checkpoint import load_checkpoint
+    """The loaded checkpoint (ShadowCheckpoint, with its reference forward) of each tiny bundle."""
+    from shadow_edge.exporters.loaders import load_checkpoint
 
     return {arch: load_checkpoint(exported.checkpoint) for arch, exported in tiny_exports.items()}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -70,3 +71,17 @@ def write_checkpoint(
             head.add_(torch.randn(head.shape, generator=generator) * 0.1)
     model.save_pretrained(folder)
     return folder
+
+
+@torch.no_grad()
+def reference_logits(loaded, ids: list[int], mode: str) -> np.ndarray:
+    """The checkpoint library's own forward over the whole sequence, no cache: [seq, vocab]."""
+    return loaded.reference(torch.tensor([ids]), None)[mode][0].numpy()
+
+
+def reference_greedy(loaded, prompt: list[int], new_tokens: int, mode: str) -> list[int]:
+    """Greedy tokens of the library's forward, recomputing the whole sequence for every token."""
+    seq = list(prompt)
+    for _ in range(new_tokens):
+        seq.append(int(reference_logits(loaded, seq, mode)[-1].argmax()))
+    return seq[len(prompt) :]
