@@ -85,3 +85,36 @@ def reference_greedy(loaded, prompt: list[int], new_tokens: int, mode: str) -> l
     for _ in range(new_tokens):
         seq.append(int(reference_logits(loaded, seq, mode)[-1].argmax()))
     return seq[len(prompt) :]
+
+
+def write_peft_checkpoint(
+    folder: Path,
+    base_dir: Path,
+    seed: int = 1,
+    task_type: str = "CAUSAL_LM",
+    num_labels: int = 3,
+    extra_adapters: dict | None = None,
+    **shadow_kwargs,
+) -> Path:
+    """An HF peft SHADOW adapter of the model in base_dir, saved by peft itself (`<name>/` for each
+    extra adapter), its shadow weights perturbed: peft zero-inits W_up, which makes injection a no-op."""
+    from peft import ShadowConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    if task_type == "SEQ_CLS":
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, dtype=torch.float32)
+        base.config.pad_token_id = 0
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    defaults = {"r": 8, "shadow_dropout": 0.0}
+    model = get_peft_model(base, ShadowConfig(task_type=task_type, **{**defaults, **shadow_kwargs}))
+    for name, kwargs in (extra_adapters or {}).items():
+        model.add_adapter(name, ShadowConfig(task_type=task_type, **{**defaults, **kwargs}))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            trained = any(part in name for part in ("shadow_", "lm_head", "score")) and "base_layer" not in name
+            if trained and param.requires_grad or "shadow_backbone" in name or "shadow_projection" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+    model.save_pretrained(folder)
+    return folder

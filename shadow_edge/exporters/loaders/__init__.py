@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import CheckpointError
-from . import shadow_peft
+from . import peft_shadow, shadow_peft
 from .description import CAUSAL_LM, SEQ_CLS, Adapter, Heads, Injection, Shadow, ShadowCheckpoint, Update
 
-FORMATS = (shadow_peft,)
+FORMATS = (shadow_peft, peft_shadow)
 
 __all__ = [
     "CAUSAL_LM",
@@ -42,6 +42,7 @@ def load_checkpoint(
         if fmt.detect(ckpt):
             return fmt.load(ckpt, base=base, shadow=shadow, adapter_name=adapter)
     raise CheckpointError(
-        f"{ckpt} is not a ShadowPEFT checkpoint: no {shadow_peft.CONFIG_FILE}",
+        f"{ckpt} is not a ShadowPEFT checkpoint: no {shadow_peft.CONFIG_FILE}, "
+        f"nor an {peft_shadow.CONFIG_FILE} with peft_type SHADOW",
         hint="pass the folder written by shadow_peft's or peft's save_pretrained()",
     )
