@@ -50,25 +50,33 @@ def write_checkpoint(
     seed: int = 1,
     shadow_model=None,
     train_shadow_head: bool = False,
+    num_labels: int | None = None,
     **shadow_kwargs,
 ) -> Path:
-    """A ShadowPEFT checkpoint of the model in base_dir, saved by shadow-peft itself."""
-    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+    """A ShadowPEFT checkpoint of the model in base_dir, saved by shadow-peft itself (a sequence
+    classifier with num_labels: both classifier heads trained, i.e. perturbed and saved)."""
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, ShadowForSequenceClassification, get_shadow_model
+    from transformers import AutoModelForSequenceClassification
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = ShadowConfig(
         **{"num_shadow_layers": 1, "injection_hidden_size": 8, "gate_hidden_size": 6, **shadow_kwargs},
         **({"modules_to_save": ["shadow_lm_head"]} if train_shadow_head else {}),
     )
-    model = ShadowForCausalLM(get_shadow_model(base, config, shadow_model=shadow_model))
+    if num_labels is None:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = ShadowForCausalLM(get_shadow_model(base, config, shadow_model=shadow_model))
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, dtype=torch.float32)
+        model = ShadowForSequenceClassification(get_shadow_model(base, config, shadow_model=shadow_model))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.peft_model.named_parameters():
             if name.startswith("shadow_"):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        if train_shadow_head:
-            head = model.shadow_lm_head.weight
-            head.add_(torch.randn(head.shape, generator=generator) * 0.1)
+        heads = [model.shadow_lm_head] if train_shadow_head else []
+        heads += [model.classifier_head, model.shadow_classifier_head] if num_labels is not None else []
+        for head in heads:
+            head.weight.add_(torch.randn(head.weight.shape, generator=generator) * 0.1)
     model.save_pretrained(folder)
     return folder
 

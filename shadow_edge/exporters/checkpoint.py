@@ -50,9 +50,18 @@ def load_base_model(base_dir: Path, num_labels: int | None = None) -> tuple[Any,
         if not list(base_dir.glob("*.safetensors")):
             raise BaseModelError(f"{base_dir} has no *.safetensors weights (pickled .bin weights are not loaded)")
         try:
-            model = auto.from_pretrained(base_dir, dtype="float32", use_safetensors=True, **extra)
+            model, info = auto.from_pretrained(
+                base_dir, dtype="float32", use_safetensors=True, output_loading_info=True, **extra
+            )
         except (OSError, ValueError, RuntimeError) as exc:
             raise BaseModelError(f"cannot load the base model from {base_dir}: {first_line(exc)}") from None
+        if num_labels is None and "lm_head.weight" in info["missing_keys"]:
+            # transformers would initialise the head at random on every load: never export that
+            raise BaseModelError(
+                f"{base_dir} has no lm_head.weight (a {'/'.join(config.architectures or ['headless'])} checkpoint): "
+                "it is not a language model",
+                hint="pass the causal-LM base the adapter was trained on; a classifier needs a SEQ_CLS adapter",
+            )
         return model, None
     if len(ggufs) == 1:
         try:
