@@ -51,6 +51,23 @@ def smollm2_export(tmp_path_factory) -> Exported:
     return Exported(ckpt, ckpt / "base", bundle)
 
 
+@pytest.fixture(scope="session")
+def smollm2_peft_export(smollm2_export) -> Exported:
+    """An HF peft SHADOW adapter (1-layer mirror shadow, every block adapted, perturbed) on
+    SmolLM2-135M-Instruct, exported with its base found through base_model_name_or_path (slow)."""
+    import shadow_edge
+    from models import write_peft_checkpoint
+
+    root = smollm2_export.bundle.parent
+    ckpt = root / "peft-ckpt"
+    if not (ckpt / "adapter_model.safetensors").is_file():
+        write_peft_checkpoint(ckpt, smollm2_export.base, seed=3, scale=0.02, r=16)
+    bundle = root / "peft-bundle"
+    if not (bundle / "manifest.json").is_file():
+        shadow_edge.export(ckpt, bundle)
+    return Exported(ckpt, smollm2_export.base, bundle)
+
+
 # -- runtime tests ------------------------------------------------------------------------------
 
 

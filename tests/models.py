@@ -102,10 +102,12 @@ def write_peft_checkpoint(
     task_type: str = "CAUSAL_LM",
     num_labels: int = 3,
     extra_adapters: dict | None = None,
+    scale: float = 0.3,
     **shadow_kwargs,
 ) -> Path:
     """An HF peft SHADOW adapter of the model in base_dir, saved by peft itself (`<name>/` for each
-    extra adapter), its shadow weights perturbed: peft zero-inits W_up, which makes injection a no-op."""
+    extra adapter), its shadow weights perturbed by `scale` N(0, 1): peft zero-inits W_up, which
+    makes injection a no-op."""
     from peft import ShadowConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
@@ -123,6 +125,6 @@ def write_peft_checkpoint(
         for name, param in model.named_parameters():
             trained = any(part in name for part in ("shadow_", "lm_head", "score")) and "base_layer" not in name
             if trained and param.requires_grad or "shadow_backbone" in name or "shadow_projection" in name:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
     model.save_pretrained(folder)
     return folder
