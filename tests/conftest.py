@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from models import tiny_base, write_checkpoint
+from models import tiny_base, write_checkpoint, write_peft_checkpoint
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -56,7 +56,6 @@ def smollm2_peft_export(smollm2_export) -> Exported:
     """An HF peft SHADOW adapter (1-layer mirror shadow, every block adapted, perturbed) on
     SmolLM2-135M-Instruct, exported with its base found through base_model_name_or_path (slow)."""
     import shadow_edge
-    from models import write_peft_checkpoint
 
     root = smollm2_export.bundle.parent
     ckpt = root / "peft-ckpt"

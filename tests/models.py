@@ -95,6 +95,18 @@ def reference_greedy(loaded, prompt: list[int], new_tokens: int, mode: str) -> l
     return seq[len(prompt) :]
 
 
+def assert_greedy_like_reference(loaded, model, prompts: list, new_tokens: int) -> None:
+    """The bundle's greedy tokens (cached ONNX decoding, in model.mode) for each prompt equal the
+    library's forward recomputing the whole sequence for every token; text decodes them."""
+    for prompt in prompts:
+        result = model.generate(prompt, max_new_tokens=new_tokens, temperature=0.0, eos_token_ids=[])
+        ids = model.encode(prompt)
+        assert result.token_ids == reference_greedy(loaded, ids, new_tokens, model.mode), (prompt, model.mode)
+        assert result.prompt_tokens == len(ids) and result.new_tokens == new_tokens
+        if model.tokenizer is not None:
+            assert result.text == model.tokenizer.decode(result.token_ids)
+
+
 def write_peft_checkpoint(
     folder: Path,
     base_dir: Path,

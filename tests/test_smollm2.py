@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from models import reference_greedy
+from models import assert_greedy_like_reference
 
 from shadow_edge.bundle import read_manifest
 
@@ -47,11 +47,6 @@ def test_smollm2_text_generation_equals_shadow_peft_greedy(smollm2_export, mode)
     import shadow_edge
     from shadow_edge.exporters.loaders import load_checkpoint
 
-    reference = load_checkpoint(smollm2_export.checkpoint)
+    loaded = load_checkpoint(smollm2_export.checkpoint)
     model = shadow_edge.load(smollm2_export.bundle, mode=mode, threads=2)
-    for prompt in PROMPTS:
-        result = model.generate(prompt, max_new_tokens=32, temperature=0.0, eos_token_ids=[])
-        ids = model.encode(prompt)
-        assert result.token_ids == reference_greedy(reference, ids, 32, mode), prompt
-        assert result.text == model.tokenizer.decode(result.token_ids)
-        assert result.prompt_tokens == len(ids) and result.new_tokens == 32
+    assert_greedy_like_reference(loaded, model, PROMPTS, 32)

@@ -4,7 +4,7 @@ generation in both modes equal to peft's own forward recomputing the whole seque
 from __future__ import annotations
 
 import pytest
-from models import reference_greedy
+from models import assert_greedy_like_reference
 
 import shadow_edge
 from shadow_edge.bundle import read_manifest
@@ -30,8 +30,4 @@ def test_smollm2_peft_bundle_validates_against_peft(smollm2_peft_export):
 def test_smollm2_peft_text_generation_equals_peft_greedy(smollm2_peft_export, mode):
     loaded = load_checkpoint(smollm2_peft_export.checkpoint)
     model = shadow_edge.load(smollm2_peft_export.bundle, mode=mode, threads=2)
-    for prompt in PROMPTS:
-        result = model.generate(prompt, max_new_tokens=24, temperature=0.0, eos_token_ids=[])
-        ids = model.encode(prompt)
-        assert result.token_ids == reference_greedy(loaded, ids, 24, mode), prompt
-        assert result.text == model.tokenizer.decode(result.token_ids)
+    assert_greedy_like_reference(loaded, model, PROMPTS, 24)

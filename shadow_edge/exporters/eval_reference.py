@@ -96,9 +96,9 @@ def checkpoint_reference(
 
     def open_mode(mode: str) -> ReferenceEngine:
         if mode == "base":
-            model, _ = load_base_model(loaded.base_dir)  # shadow-peft wraps the base it holds in place
+            model, _ = load_base_model(loaded.origin.base_dir)  # shadow-peft wraps the base it holds in place
             return ReferenceEngine(_logits_of(model.eval()), manifest.model)
         return ReferenceEngine(lambda ids: loaded.reference(ids, None)[mode], manifest.model)
 
-    label = f"PyTorch reference {Path(checkpoint)} ({loaded.library}, float32)"
+    label = f"PyTorch reference {Path(checkpoint)} ({loaded.origin.library}, float32)"
     return label, ["attached", "detached", "base"], open_mode

@@ -89,11 +89,12 @@ def _save_tokenizer(loaded: ShadowCheckpoint, folder: Path) -> dict:
     """Copy the base's tokenizer (converted from GGUF if needed); {} when it has none."""
     from transformers import AutoTokenizer
 
-    has_files = any((loaded.base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-    if not (has_files or loaded.base_file):
+    origin = loaded.origin
+    has_files = any((origin.base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    if not (has_files or origin.base_file):
         return {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(loaded.base_dir, gguf_file=loaded.base_file)
+        tokenizer = AutoTokenizer.from_pretrained(origin.base_dir, gguf_file=origin.base_file)
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     scratch = folder / ".tokenizer"
@@ -189,6 +190,7 @@ def export(
     notify = progress or (lambda stage: None)
     with _quiet_transformers(), staging(output, force) as folder:
         loaded = load_checkpoint(checkpoint, base=base, shadow=shadow, adapter=adapter)
+        origin = loaded.origin
         if with_base and loaded.task == SEQ_CLS:
             raise ExportError("--with-base exports a base language model: a classifier checkpoint has none")
         notify("load")
@@ -238,12 +240,12 @@ def export(
             files=file_entries(folder),
             modes=modes_of(graphs),
             source={
-                "format": loaded.format,
-                "library": loaded.library,
-                "library_version": loaded.library_version,
+                "format": origin.format,
+                "library": origin.library,
+                "library_version": origin.library_version,
                 "task": loaded.task,
-                "checkpoint": str(loaded.checkpoint_dir.resolve()),
-                "base": str(loaded.base_dir.resolve()) + (f"/{loaded.base_file}" if loaded.base_file else ""),
+                "checkpoint": str(origin.checkpoint_dir.resolve()),
+                "base": str(origin.base_dir.resolve()) + (f"/{origin.base_file}" if origin.base_file else ""),
                 "base_config_sha256": hashlib.sha256(config.to_json_string().encode()).hexdigest(),
                 "adapted_blocks": [loaded.adapter.first, loaded.adapter.last],
                 "shadow_shares_base_embeddings": loaded.shadow.shares_base_embeddings,

@@ -161,7 +161,7 @@ def validate_bundle(
     runs = _Engines(folder, graphs, model)
     base_model = None
     if "base" in runs.modes:
-        base_model, _ = load_base_model(loaded.base_dir)
+        base_model, _ = load_base_model(loaded.origin.base_dir)
         base_model.eval()
     ref = _Reference(loaded, base_model)
     vocab = int(loaded.base_config.vocab_size)
@@ -187,7 +187,7 @@ def validate_bundle(
     report["greedy"] = greedy
     report["tolerance"] = tolerance
     report["scenarios"] = scenarios
-    report["reference"] = f"{loaded.library} {loaded.library_version}, full recompute (no KV cache)"
+    report["reference"] = f"{loaded.origin.library} {loaded.origin.library_version}, full recompute (no KV cache)"
     failures = [
         f"{name}: max |logit diff| {report[name]['max_abs_diff']:.2e} > {tolerance:.0e}"
         for name in checked

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ...errors import CheckpointError
 from . import peft_shadow, shadow_peft
-from .description import CAUSAL_LM, SEQ_CLS, Adapter, Heads, Injection, Shadow, ShadowCheckpoint, Update
+from .description import CAUSAL_LM, SEQ_CLS, Adapter, Heads, Injection, Origin, Shadow, ShadowCheckpoint, Update
 
 FORMATS = (shadow_peft, peft_shadow)
 
@@ -21,6 +21,7 @@ __all__ = [
     "Adapter",
     "Heads",
     "Injection",
+    "Origin",
     "Shadow",
     "ShadowCheckpoint",
     "Update",

@@ -103,23 +103,47 @@ ReferenceForward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch
 
 
 @dataclass
-class ShadowCheckpoint:
-    """A loaded checkpoint of any format, in the words of the module docstring."""
+class Origin:
+    """Where a checkpoint came from: its format, the library defining it, its folders."""
 
     format: str  # "shadow-peft", "peft"
     library: str  # the distribution that wrote and defines it
-    library_version: str
-    task: str  # CAUSAL_LM or SEQ_CLS
     checkpoint_dir: Path
     base_dir: Path
-    base_file: str | None  # the .gguf file name when the base is GGUF
-    base: nn.Module  # the HF base model (for its config, generation config, tokenizer)
-    base_decoder: nn.Module  # its decoder backbone (layers, norm, rotary_emb); the blocks unchanged
+    base_file: str | None = None  # the .gguf file name when the base is GGUF
+    library_version: str = ""  # filled in from the installed distribution
+
+    def __post_init__(self) -> None:
+        from importlib.metadata import version
+
+        self.library_version = self.library_version or version(self.library)
+
+
+def labels_of(config: Any, count: int) -> list[str]:
+    """id2label of the base config when it names `count` labels, else LABEL_i."""
+    names = getattr(config, "id2label", None) or {}
+    if len(names) == count:
+        return [str(names[i]) for i in range(count)]
+    return [f"LABEL_{i}" for i in range(count)]
+
+
+@dataclass
+class ShadowCheckpoint:
+    """A loaded checkpoint of any format, in the words of the module docstring."""
+
+    origin: Origin
+    task: str  # CAUSAL_LM or SEQ_CLS
+    base: nn.Module  # the HF base model (config, generation config; its decoder's blocks unchanged)
     shadow: Shadow
     adapter: Adapter
     heads: Heads
     reference: ReferenceForward
     details: dict[str, Any] = field(default_factory=dict)  # format-specific facts for manifest.source
+
+    @property
+    def base_decoder(self) -> nn.Module:
+        """The base's decoder backbone (layers, norm, rotary_emb)."""
+        return self.base.base_model
 
     @property
     def base_config(self) -> Any:

@@ -19,7 +19,6 @@ import copy
 import json
 import re
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,14 @@ from torch import nn
 
 from ...errors import BaseModelError, CheckpointError
 from ..checkpoint import check_architecture, first_line, load_base_model, read_safetensors
-from .description import CAUSAL_LM, SEQ_CLS, Adapter, Heads, Injection, Shadow, ShadowCheckpoint, Update
+from . import description as spec  # the words a loader describes its checkpoint in
 
 FORMAT = "peft"
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 BASE_SUBDIR = "base"
 SHADOW_SUBDIR = "shadow_model"
-TASKS = {"CAUSAL_LM": CAUSAL_LM, "SEQ_CLS": SEQ_CLS}
+TASKS = {"CAUSAL_LM": spec.CAUSAL_LM, "SEQ_CLS": spec.SEQ_CLS}
 PROJECTED = "causal_lm_with_hidden_projection"  # shadow_peft's pretrained-shadow folders
 
 _BLOCK = re.compile(r"^base_model\.model\.(.+)\.(\d+)\.shadow_down\.default\.weight$")
@@ -127,19 +126,19 @@ def _linear(tensors: dict[str, torch.Tensor], prefix: str) -> nn.Linear:
     return linear.eval()
 
 
-def _adapter(tensors: dict[str, torch.Tensor], prefix: str, first: int, last: int, alpha: float) -> Adapter:
+def _adapter(tensors: dict[str, torch.Tensor], prefix: str, first: int, last: int, alpha: float) -> spec.Adapter:
     def block(i: int, name: str) -> str:
         return f"base_model.model.{prefix}.{i}.{name}.default."
 
     injections = [
-        Injection(
+        spec.Injection(
             down=tensors[block(i, "shadow_down") + "weight"].T.contiguous(),
             up=alpha * tensors[block(i, "shadow_up") + "weight"].T.contiguous(),
         )
         for i in range(first, last + 1)
     ]
     updates = [
-        Update(
+        spec.Update(
             gate=(
                 _linear(tensors, block(i, "shadow_update_gate") + "0."),
                 _linear(tensors, block(i, "shadow_update_gate") + "2."),
@@ -151,7 +150,7 @@ def _adapter(tensors: dict[str, torch.Tensor], prefix: str, first: int, last: in
         )
         for i in range(first, last)  # the exit block's update reaches no output
     ]
-    return Adapter(first, last, injections, updates, norm=None, activation="gelu")
+    return spec.Adapter(first, last, injections, updates, norm=None, activation="gelu")
 
 
 def _shadow_dir(shadow: str | Path | None, ckpt: Path, config: dict[str, Any]) -> Path:
@@ -228,13 +227,6 @@ def _check_fit(base: Any, tensors: dict[str, torch.Tensor], last: int, first_dow
             raise BaseModelError(f"{key} has a vocabulary of {tensors[key].shape[0]}, the base has {vocab}")
 
 
-def _labels(config: Any, count: int) -> list[str]:
-    names = getattr(config, "id2label", None) or {}
-    if len(names) == count:
-        return [str(names[i]) for i in range(count)]
-    return [f"LABEL_{i}" for i in range(count)]
-
-
 def _writable_shadow(shadow_dir: Path, projected: bool, tensors: dict[str, torch.Tensor], scratch: Path) -> Path:
     """A folder peft can load the explicit shadow from: shadow_dir when it holds weights, else its
     config.json beside the adapter's copy of the weights (peft overwrites them from the adapter anyway)."""
@@ -300,7 +292,7 @@ class _PeftReference:
 
 def load(
     ckpt: Path, base: str | Path | None = None, shadow: str | Path | None = None, adapter_name: str | None = None
-) -> ShadowCheckpoint:
+) -> spec.ShadowCheckpoint:
     folder = _adapter_folder(ckpt, adapter_name)
     config = _read_config(folder) or {}
     if config.get("peft_type") != "SHADOW":
@@ -314,9 +306,9 @@ def load(
         raise CheckpointError(f"no {WEIGHTS_FILE} in {folder} (pickled adapter_model.bin is not unpickled)")
     tensors = read_safetensors(folder / WEIGHTS_FILE)
     prefix, first, last = _blocks(tensors)
-    if task == SEQ_CLS and _SCORE + "weight" not in tensors:
+    if task == spec.SEQ_CLS and _SCORE + "weight" not in tensors:
         raise CheckpointError("a SEQ_CLS adapter without its trained score head (base_model.model.score.weight)")
-    num_labels = int(tensors[_SCORE + "weight"].shape[0]) if task == SEQ_CLS else None
+    num_labels = int(tensors[_SCORE + "weight"].shape[0]) if task == spec.SEQ_CLS else None
     base_dir = _base_dir(base, ckpt, config)
     base_model, base_file = load_base_model(base_dir, num_labels=num_labels)
     base_model.eval()
@@ -334,28 +326,22 @@ def load(
     backbone, own_table = _backbone(shadow_cfg, tensors)
     projection = _linear(tensors, _PROJECTION[: -len("weight")]) if _PROJECTION in tensors else None
 
-    if task == SEQ_CLS:
+    if task == spec.SEQ_CLS:
         classifier = _linear(tensors, _SCORE)
-        heads = Heads(
+        heads = spec.Heads(
             classifier=classifier,
             shadow_classifier=_linear(tensors, _SHADOW_HEAD) if _SHADOW_HEAD + "weight" in tensors else classifier,
-            labels=_labels(base_model.config, num_labels),
+            labels=spec.labels_of(base_model.config, num_labels),
         )
     else:
         # modules_to_save=["lm_head"]: the trained copy, for both modes (peft's detached head is the base's)
         head = _linear(tensors, _LM_HEAD[: -len("weight")]) if _LM_HEAD in tensors else base_model.lm_head
-        heads = Heads(lm_head=head, shadow_head=head)
-    return ShadowCheckpoint(
-        format=FORMAT,
-        library="peft",
-        library_version=version("peft"),
+        heads = spec.Heads(lm_head=head, shadow_head=head)
+    return spec.ShadowCheckpoint(
+        origin=spec.Origin(FORMAT, "peft", folder, base_dir, base_file),
         task=task,
-        checkpoint_dir=folder,
-        base_dir=base_dir,
-        base_file=base_file,
         base=base_model,
-        base_decoder=base_model.model,
-        shadow=Shadow(
+        shadow=spec.Shadow(
             decoder=backbone,
             embed=(backbone if own_table else base_model).get_input_embeddings(),
             shares_base_embeddings=not own_table,

@@ -12,7 +12,6 @@ modules file holds classifier heads) is built, and the description points at its
 from __future__ import annotations
 
 import json
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,18 @@ import torch
 
 from ...errors import BaseModelError, CheckpointError
 from ..checkpoint import check_architecture, find_dir, first_line, load_base_model, read_safetensors
-from .description import CAUSAL_LM, SEQ_CLS, Adapter, Heads, Injection, Shadow, ShadowCheckpoint, Update
+from .description import (
+    CAUSAL_LM,
+    SEQ_CLS,
+    Adapter,
+    Heads,
+    Injection,
+    Origin,
+    Shadow,
+    ShadowCheckpoint,
+    Update,
+    labels_of,
+)
 
 FORMAT = "shadow-peft"
 CONFIG_FILE = "shadow_config.json"
@@ -95,14 +105,6 @@ def _check_fit(base: Any, config: dict[str, Any], adapter: dict[str, Any], modul
     for key, tensor in [*modules.items(), *adapter.items()]:
         if key.endswith(("lm_head.weight", "embed_tokens.weight")) and tensor.shape[0] != vocab:
             raise BaseModelError(f"{key} has a vocabulary of {tensor.shape[0]}, the base has {vocab}")
-
-
-def _labels(config: Any, count: int) -> list[str]:
-    """id2label of the base config when it names `count` labels, else LABEL_i."""
-    names = getattr(config, "id2label", None) or {}
-    if len(names) == count:
-        return [str(names[i]) for i in range(count)]
-    return [f"LABEL_{i}" for i in range(count)]
 
 
 def _reference(model: Any, task: str) -> Any:
@@ -195,21 +197,15 @@ def load(
         heads = Heads(
             classifier=reference.classifier_head,
             shadow_classifier=reference.shadow_classifier_head,
-            labels=_labels(base_model.config, num_labels),
+            labels=labels_of(base_model.config, num_labels),
         )
     else:
         heads = Heads(lm_head=reference.lm_head, shadow_head=reference.shadow_lm_head)
     layers = int(base_model.config.num_hidden_layers)
     return ShadowCheckpoint(
-        format=FORMAT,
-        library="shadow-peft",
-        library_version=version("shadow-peft"),
+        origin=Origin(FORMAT, "shadow-peft", ckpt, base_dir, base_file),
         task=task,
-        checkpoint_dir=ckpt,
-        base_dir=base_dir,
-        base_file=base_file,
         base=base_model,
-        base_decoder=base_model.model,
         shadow=Shadow(
             decoder=peft.shadow_model,
             embed=(base_model if shares else peft.shadow_model).get_input_embeddings(),
