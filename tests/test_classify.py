@@ -54,6 +54,15 @@ def test_export_validates_class_logits_and_invents_no_lm_head(classifiers, fmt):
         assert logits.type.tensor_type.shape.dim[-1].dim_value == 3  # class logits, no vocabulary head
 
 
+def test_traced_classification_graphs_match_too(classifiers, tmp_path):
+    ckpt, _ = classifiers["peft"]
+    manifest = shadow_edge.export(ckpt, tmp_path / "out", base=ckpt.parent / "base", builder="traced").manifest
+    assert manifest.validation["passed"], manifest.validation["failures"]
+    assert set(manifest.source["graph_builders"].values()) == {"traced"}
+    for mode in ("attached", "detached"):
+        assert manifest.validation[mode]["max_abs_diff"] <= TOLERANCE
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("mode", ["attached", "detached"])
 def test_classify_batch_equals_the_library_row_by_row(classifiers, fmt, mode):
