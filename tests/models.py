@@ -84,7 +84,7 @@ def write_checkpoint(
 @torch.no_grad()
 def reference_logits(loaded, ids: list[int], mode: str) -> np.ndarray:
     """The checkpoint library's own forward over the whole sequence, no cache: [seq, vocab]."""
-    return loaded.reference(torch.tensor([ids]), None)[mode][0].numpy()
+    return loaded.reference(torch.tensor([ids]), None, (mode,))[mode][0].numpy()
 
 
 def reference_greedy(loaded, prompt: list[int], new_tokens: int, mode: str) -> list[int]:

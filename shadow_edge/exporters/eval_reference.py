@@ -98,7 +98,7 @@ def checkpoint_reference(
         if mode == "base":
             model, _ = load_base_model(loaded.origin.base_dir)  # shadow-peft wraps the base it holds in place
             return ReferenceEngine(_logits_of(model.eval()), manifest.model)
-        return ReferenceEngine(lambda ids: loaded.reference(ids, None)[mode], manifest.model)
+        return ReferenceEngine(lambda ids: loaded.reference(ids, None, (mode,))[mode], manifest.model)
 
     label = f"PyTorch reference {Path(checkpoint)} ({loaded.origin.library}, float32)"
     return label, ["attached", "detached", "base"], open_mode

@@ -96,10 +96,12 @@ class Heads:
         return self.shadow_head if self.shadow_head is not None else self.shadow_classifier
 
 
-# reference(input_ids [batch, seq], attention_mask [batch, seq] | None) -> {"attached", "detached",
-# "states"}: the format's own library, recomputing everything (no cache). LM logits are
-# [batch, seq, vocab]; class logits [batch, labels]; states s0 [batch, seq, d].
-ReferenceForward = Callable[[torch.Tensor, torch.Tensor | None], dict[str, torch.Tensor]]
+# reference(input_ids [batch, seq], attention_mask [batch, seq] | None, outputs=OUTPUTS) -> the named
+# outputs ("attached", "detached", "states"; a library may return more than asked) by the format's
+# own library, recomputing everything (no cache). LM logits are [batch, seq, vocab]; class logits
+# [batch, labels]; states s0 [batch, seq, d].
+OUTPUTS = ("attached", "detached", "states")
+ReferenceForward = Callable[..., dict[str, torch.Tensor]]
 
 
 @dataclass

@@ -278,16 +278,19 @@ class _PeftReference:
         ).eval()
 
     @torch.no_grad()
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def __call__(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, outputs=spec.OUTPUTS
+    ) -> dict[str, torch.Tensor]:
         if self.model is None:
             self._build()
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         kwargs = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
-        return {
-            "attached": self.model(**kwargs).logits,
-            "detached": self.detached(**kwargs).logits,
-            "states": self.states(**kwargs),
+        run = {
+            "attached": lambda: self.model(**kwargs).logits,
+            "detached": lambda: self.detached(**kwargs).logits,  # the shadow alone: no base forward
+            "states": lambda: self.states(**kwargs),
         }
+        return {name: run[name]() for name in outputs}
 
 
 def load(

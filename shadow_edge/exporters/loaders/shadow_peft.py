@@ -21,6 +21,7 @@ from ...errors import BaseModelError, CheckpointError
 from ..checkpoint import check_architecture, find_dir, first_line, load_base_model, read_safetensors
 from .description import (
     CAUSAL_LM,
+    OUTPUTS,
     SEQ_CLS,
     Adapter,
     Heads,
@@ -112,14 +113,18 @@ def _reference(model: Any, task: str) -> Any:
     peft = model.peft_model
 
     @torch.no_grad()
-    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, outputs: tuple[str, ...] = OUTPUTS
+    ) -> dict[str, torch.Tensor]:
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos)
-        states = peft._compute_initial_shadow_hidden(
-            input_ids=input_ids, attention_mask=mask, position_ids=pos, inputs_embeds=None
-        )
-        return {"attached": out.logits, "detached": out.shadow_logits, "states": states}
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=pos)  # both modes in one pass
+        result = {"attached": out.logits, "detached": out.shadow_logits}
+        if "states" in outputs:
+            result["states"] = peft._compute_initial_shadow_hidden(
+                input_ids=input_ids, attention_mask=mask, position_ids=pos, inputs_embeds=None
+            )
+        return result
 
     return forward
 
