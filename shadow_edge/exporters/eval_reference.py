@@ -1,7 +1,7 @@
-"""The PyTorch reference of a bundle (the shadow-peft checkpoint it was exported from) behind the
+"""The PyTorch reference of a bundle (the checkpoint it was exported from, in its own library) behind the
 Engine interface that evaluate.compare_mode drives, for `shadow-edge eval BUNDLE --reference CKPT`.
 
-Nothing of ours is trusted on the reference side: shadow-peft's own forward (the oracle of export's
+Nothing of ours is trusted on the reference side: the format library's own forward (the oracle of export's
 validation) recomputes the whole sequence at every call, without a KV cache. Needs torch.
 """
 
@@ -46,12 +46,12 @@ class ReferenceEngine:
         return logits[:, -(keep or input_ids.shape[1]) :].float().numpy()
 
 
-def _logits_of(model: Any, output: str) -> Callable[[Any], Any]:
+def _logits_of(model: Any) -> Callable[[Any], Any]:
     def run(ids: Any) -> Any:
         import torch
 
         positions = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
-        return getattr(model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions), output)
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids), position_ids=positions).logits
 
     return run
 
@@ -60,15 +60,16 @@ def _check_matches(loaded: Any, manifest: Manifest) -> None:
     """A CheckpointError naming the first quantity in which the checkpoint and the bundle differ."""
     from .onnx_export import cache_spec
 
-    config = loaded.base_model.config
+    config = loaded.base_config
     pairs = [
         ("vocabulary size", int(config.vocab_size), manifest.model.vocab_size),
         ("hidden size", int(config.hidden_size), manifest.model.hidden_size),
         ("base layers/KV heads/head dim", cache_spec(config), manifest.model.base),
-        ("shadow layers/KV heads/head dim", cache_spec(loaded.peft.shadow_model.config), manifest.model.shadow),
+        ("shadow layers/KV heads/head dim", cache_spec(loaded.shadow.decoder.config), manifest.model.shadow),
     ]
-    if "shadow_config" in manifest.source:
-        pairs.append(("shadow_config.json", loaded.shadow_config, manifest.source["shadow_config"]))
+    for key in ("shadow_config", "adapter_config"):  # the format's own config file
+        if key in manifest.source:
+            pairs.append((key, loaded.details.get(key), manifest.source[key]))
     for what, got, want in pairs:
         if got != want:
             exported = manifest.source.get("checkpoint", "?")
@@ -85,7 +86,8 @@ def checkpoint_reference(
     attached and detached from shadow-peft, base from a fresh copy of the base model."""
     import torch  # first, so that a missing torch is what the error names
 
-    from .checkpoint import load_base_model, load_checkpoint
+    from .checkpoint import load_base_model
+    from .loaders import load_checkpoint
 
     if threads:
         torch.set_num_threads(threads)
@@ -94,10 +96,9 @@ def checkpoint_reference(
 
     def open_mode(mode: str) -> ReferenceEngine:
         if mode == "base":
-            model, _ = load_base_model(loaded.base_dir)  # shadow-peft wraps the base it holds in place
-            return ReferenceEngine(_logits_of(model.eval(), "logits"), manifest.model)
-        output = "logits" if mode == "attached" else "shadow_logits"  # detached: the shadow head's
-        return ReferenceEngine(_logits_of(loaded.reference, output), manifest.model)
+            model, _ = load_base_model(loaded.origin.base_dir)  # shadow-peft wraps the base it holds in place
+            return ReferenceEngine(_logits_of(model.eval()), manifest.model)
+        return ReferenceEngine(lambda ids: loaded.reference(ids, None, (mode,))[mode], manifest.model)
 
-    label = f"PyTorch reference {Path(checkpoint)} (shadow-peft, float32)"
+    label = f"PyTorch reference {Path(checkpoint)} ({loaded.origin.library}, float32)"
     return label, ["attached", "detached", "base"], open_mode

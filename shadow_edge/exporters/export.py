@@ -1,4 +1,4 @@
-"""`export()`: a ShadowPEFT checkpoint becomes a validated bundle folder.
+"""`export()`: a ShadowPEFT checkpoint (shadow-peft or HF peft SHADOW, loaders/) becomes a validated bundle folder.
 
 Stages: load -> trace graphs -> tokenizer -> validate -> manifest -> move into place.
 Everything is written to a temporary folder beside the output and renamed into place only when
@@ -34,7 +34,7 @@ from ..bundle import (
 )
 from ..errors import ExportError
 from ..runtimes.escalation import EscalationPolicy
-from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .loaders import SEQ_CLS, ShadowCheckpoint, load_checkpoint
 from .onnx_export import BUILDERS, DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
 from .staging import check_not_an_input, staging
 from .validate import DEFAULT_TOLERANCE, validate_bundle
@@ -60,7 +60,7 @@ class ExportResult:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for name in ("shadow-edge", "shadow-peft", "torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
+    for name in ("shadow-edge", "shadow-peft", "peft", "torch", "transformers", "onnx", "onnxruntime", "onnxscript"):
         with contextlib.suppress(PackageNotFoundError):
             out[name] = version(name)
     return out
@@ -85,15 +85,16 @@ def _quiet_transformers() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _save_tokenizer(loaded: LoadedCheckpoint, folder: Path) -> dict:
+def _save_tokenizer(loaded: ShadowCheckpoint, folder: Path) -> dict:
     """Copy the base's tokenizer (converted from GGUF if needed); {} when it has none."""
     from transformers import AutoTokenizer
 
-    has_files = any((loaded.base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
-    if not (has_files or loaded.base_file):
+    origin = loaded.origin
+    has_files = any((origin.base_dir / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json"))
+    if not (has_files or origin.base_file):
         return {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(loaded.base_dir, gguf_file=loaded.base_file)
+        tokenizer = AutoTokenizer.from_pretrained(origin.base_dir, gguf_file=origin.base_file)
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     scratch = folder / ".tokenizer"
@@ -124,8 +125,8 @@ def _token_ids(config) -> tuple[int | None, list[int], int | None]:
     return (int(bos) if bos is not None else None), eos_ids, (int(pad) if pad is not None else None)
 
 
-def _generation_defaults(loaded: LoadedCheckpoint, eos_ids: list[int]) -> dict:
-    gen = getattr(loaded.base_model, "generation_config", None)
+def _generation_defaults(loaded: ShadowCheckpoint, eos_ids: list[int]) -> dict:
+    gen = getattr(loaded.base, "generation_config", None)
     defaults = {
         "max_new_tokens": 256,
         "temperature": 0.0,
@@ -141,10 +142,10 @@ def _generation_defaults(loaded: LoadedCheckpoint, eos_ids: list[int]) -> dict:
     return defaults
 
 
-def _embedding_notes(loaded: LoadedCheckpoint, weights: SharedWeights) -> dict[str, str]:
-    tied = bool(getattr(loaded.base_model.config, "tie_word_embeddings", False))
+def _embedding_notes(loaded: ShadowCheckpoint, weights: SharedWeights) -> dict[str, str]:
+    tied = bool(getattr(loaded.base_config, "tie_word_embeddings", False))
     shadow_embed = (
-        "the base embedding table" if loaded.shares_base_embeddings else "the explicit shadow's own embedding table"
+        "the base embedding table" if loaded.shadow.shares_base_embeddings else "the shadow's own embedding table"
     )
     both = weights.shared_bytes(SHADOW_GRAPH, BACKBONE_GRAPH)
     return {
@@ -166,6 +167,7 @@ def export(
     *,
     base: str | Path | None = None,
     shadow: str | Path | None = None,
+    adapter: str | None = None,
     opset: int = DEFAULT_OPSET,
     force: bool = False,
     validate: bool = True,
@@ -176,7 +178,8 @@ def export(
     builder: str = "fused",
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
-    """Export a shadow-peft checkpoint to a bundle folder at `output`; see the module docstring.
+    """Export a checkpoint of any supported format (loaders/) to a bundle folder at `output`; see the
+    module docstring. adapter: which of a peft folder's adapters (its `<name>/` subfolder).
     escalation: the cascade policy defaults written to the manifest (EscalationPolicy fields).
     builder: "fused" (onnx_build.py, onnxruntime's fused ops) or "traced" (torch.onnx)."""
     if builder not in BUILDERS:
@@ -186,8 +189,11 @@ def export(
     output = Path(output)
     notify = progress or (lambda stage: None)
     with _quiet_transformers(), staging(output, force, inputs=[Path(checkpoint), base, shadow]) as folder:
-        loaded = load_checkpoint(checkpoint, base=base, shadow=shadow)
-        check_not_an_input(output, loaded.input_dirs)  # also the folders found by the loader
+        loaded = load_checkpoint(checkpoint, base=base, shadow=shadow, adapter=adapter)
+        origin = loaded.origin
+        check_not_an_input(output, origin.input_dirs)  # also the folders the loader found
+        if with_base and loaded.task == SEQ_CLS:
+            raise ExportError("--with-base exports a base language model: a classifier checkpoint has none")
         notify("load")
         names = (SHADOW_GRAPH, SHADOW_LM_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH)
         names += (BASE_LM_GRAPH,) if with_base else ()
@@ -206,20 +212,22 @@ def export(
         }
         tokenizer = _save_tokenizer(loaded, folder)
         notify("tokenizer")
-        config = loaded.base_model.config
+        config = loaded.base_config
         bos, eos_ids, pad = _token_ids(config)
         model = ModelSpec(
-            architecture=type(loaded.base_model).__name__,
+            architecture=type(loaded.base).__name__,
             model_type=config.model_type,
             vocab_size=int(config.vocab_size),
             hidden_size=int(config.hidden_size),
             max_position_embeddings=int(config.max_position_embeddings),
             dtype="float32",
             base=cache_spec(config),
-            shadow=cache_spec(loaded.peft.shadow_model.config),
+            shadow=cache_spec(loaded.shadow.decoder.config),
             bos_token_id=bos,
             eos_token_ids=eos_ids,
             pad_token_id=pad,
+            task=loaded.task,
+            labels=loaded.heads.labels,
         )
         validation = {"skipped": True}
         if validate:
@@ -233,14 +241,16 @@ def export(
             files=file_entries(folder),
             modes=modes_of(graphs),
             source={
-                "format": "shadow-peft",
-                "checkpoint": str(Path(checkpoint).resolve()),
-                "base": str(loaded.base_dir.resolve()) + (f"/{loaded.base_file}" if loaded.base_file else ""),
+                "format": origin.format,
+                "library": origin.library,
+                "library_version": origin.library_version,
+                "task": loaded.task,
+                "checkpoint": str(origin.checkpoint_dir.resolve()),
+                "base": str(origin.base_dir.resolve()) + (f"/{origin.base_file}" if origin.base_file else ""),
                 "base_config_sha256": hashlib.sha256(config.to_json_string().encode()).hexdigest(),
-                "shadow_config": loaded.shadow_config,
-                "explicit_shadow": loaded.explicit_shadow,
-                "shadow_shares_base_embeddings": loaded.shares_base_embeddings,
-                "trained_heads": loaded.trained_heads,
+                "adapted_blocks": [loaded.adapter.first, loaded.adapter.last],
+                "shadow_shares_base_embeddings": loaded.shadow.shares_base_embeddings,
+                **loaded.details,
                 "graph_builders": {name: io[4] for name, io in graph_io.items()},
             },
             created_by=_versions(),

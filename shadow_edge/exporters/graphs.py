@@ -23,6 +23,8 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
+from .loaders.description import ShadowCheckpoint
+
 GROUPED_ATTENTION = "shadow_edge_grouped"
 
 
@@ -127,11 +129,11 @@ def _last_positions(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return hidden[:, positions >= first]
 
 
-def _head(hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """lm_head on 2-D input, so that onnx_export.tie_transposed_heads can make it a Gemm that reads
+def _head(hidden: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """The head on 2-D input, so that onnx_export.tie_transposed_heads can make it a Gemm that reads
     the [vocab, d] embedding table itself."""
     batch, seq, dim = hidden.shape
-    return nn.functional.linear(hidden.reshape(-1, dim), weight).reshape(batch, seq, -1)
+    return nn.functional.linear(hidden.reshape(-1, dim), head.weight, head.bias).reshape(batch, seq, -1)
 
 
 class DecoderGraph(nn.Module):
@@ -160,25 +162,19 @@ class DecoderGraph(nn.Module):
             return (states, *present)
         num_logits_to_keep, *past = rest
         states, present = self.states(input_ids, attention_mask, position_ids, tuple(past))
-        return (_head(_last_positions(states, num_logits_to_keep), self.head.weight), *present)
+        return (_head(_last_positions(states, num_logits_to_keep), self.head), *present)
 
 
-def _shadow_embedding(loaded: Any) -> nn.Module:
-    source = loaded.base_model if loaded.shares_base_embeddings else loaded.peft.shadow_model
-    return source.get_input_embeddings()
-
-
-def shadow_graph(loaded: Any) -> DecoderGraph:
+def shadow_graph(loaded: ShadowCheckpoint) -> DecoderGraph:
     """Attached mode's shadow: s0 = P(S(e)), no head (the backbone consumes it)."""
-    peft = loaded.peft
-    return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, None)
+    shadow = loaded.shadow
+    return DecoderGraph(shadow.decoder, shadow.embed, shadow.projection or nn.Identity(), None)
 
 
-def shadow_lm_graph(loaded: Any) -> DecoderGraph:
-    """Detached mode: shadow_lm_head(s0)."""
-    peft = loaded.peft
-    head = loaded.reference.shadow_lm_head
-    return DecoderGraph(peft.shadow_model, _shadow_embedding(loaded), peft.shadow_hidden_projection, head)
+def shadow_lm_graph(loaded: ShadowCheckpoint) -> DecoderGraph:
+    """Detached mode: the detached head on s0."""
+    shadow = loaded.shadow
+    return DecoderGraph(shadow.decoder, shadow.embed, shadow.projection or nn.Identity(), loaded.heads.detached)
 
 
 def tied_to(head: nn.Module, table: torch.Tensor) -> bool:
@@ -191,54 +187,56 @@ class ShadowHeadGraph(nn.Module):
     of the same tokens (the cascade hands the prompt's states to the backbone when it escalates).
     The runtime feeds only the positions it needs logits for."""
 
-    def __init__(self, loaded: Any) -> None:
+    def __init__(self, loaded: ShadowCheckpoint) -> None:
         super().__init__()
-        self.head = loaded.reference.shadow_lm_head
-        table = _shadow_embedding(loaded).weight
+        self.head = loaded.heads.detached
         # tied: the head is the embedding table, which the exporter then stores once for all graphs
-        self.tied = tied_to(self.head, table)
+        self.tied = tied_to(self.head, loaded.shadow.embed.weight)
 
     def forward(self, shadow_states: torch.Tensor) -> torch.Tensor:
-        return _head(shadow_states, self.head.weight)
+        return _head(shadow_states, self.head)
 
 
-def base_lm_graph(loaded: Any) -> DecoderGraph:
+def base_lm_graph(loaded: ShadowCheckpoint) -> DecoderGraph:
     """The base model alone, without the adapter: for A/B comparisons and as the speed baseline."""
-    base = loaded.base_model
-    return DecoderGraph(base.model, base.get_input_embeddings(), nn.Identity(), loaded.reference.lm_head)
+    return DecoderGraph(loaded.base_decoder, loaded.base_embed, nn.Identity(), loaded.heads.attached)
+
+
+_ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu}
 
 
 class BackboneGraph(nn.Module):
-    """Attached mode's base: injection before and update after each layer but the first."""
+    """Attached mode's base: injection before each adapted block, update after each but the exit."""
 
-    def __init__(self, loaded: Any) -> None:
+    def __init__(self, loaded: ShadowCheckpoint) -> None:
         super().__init__()
-        peft = loaded.peft
-        base = loaded.base_model
-        self.backbone = base.model
-        self.head = loaded.reference.lm_head
-        self.injection = peft.shadow_injection_model
-        self.update = peft.shadow_update_model
+        self.backbone = loaded.base_decoder
+        self.head = loaded.heads.attached
+        self.adapter = loaded.adapter
+        self.norm = loaded.adapter.norm  # registered, so that tracing sees its parameters
+        self.updates = nn.ModuleList(nn.ModuleList([*u.gate, *u.transform]) for u in loaded.adapter.updates)
+        self.act = _ACTIVATIONS[loaded.adapter.activation]
         self.stack = _DecoderStack(self.backbone)
 
-    def _inject(self, hidden: torch.Tensor, shadow: torch.Tensor, k: int) -> torch.Tensor:
-        # h + alpha * ((h - s) @ W_down[k]) @ W_up[k]   (dropout is off at inference)
-        delta = torch.matmul(
-            torch.matmul(hidden - shadow, self.injection.injection_downs[k]), self.injection.injection_ups[k]
-        )
-        return hidden + self.injection.alpha * delta
+    def _update(self, hidden: torch.Tensor, shadow: torch.Tensor, block: int) -> torch.Tensor:
+        # s + sigmoid(G(u)) * (T(u) - s),  u = norm(h) or h
+        update = self.adapter.update(block)
+        u = hidden if self.norm is None else self.norm(hidden)
+        gate = torch.sigmoid(update.gate[1](self.act(update.gate[0](u))))
+        target = update.transform[1](self.act(update.transform[0](u)))
+        return shadow + gate * (target - shadow)
 
     def forward(self, input_ids, attention_mask, position_ids, shadow_states, num_logits_to_keep, *past):
         hidden = self.backbone.embed_tokens(input_ids)
         masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
         cache = _TensorCache(past)
         shadow = shadow_states
-        last = len(self.stack.layers) - 1
-        for i in range(last + 1):
-            if i > 0:
-                hidden = self._inject(hidden, shadow, i - 1)
+        for i in range(len(self.stack.layers)):
+            injection = self.adapter.injection(i)
+            if injection is not None:  # h + ((h - s) @ W_down) @ (alpha W_up); dropout is off at inference
+                hidden = hidden + torch.matmul(torch.matmul(hidden - shadow, injection.down), injection.up)
             hidden = self.stack.layer(i, hidden, masks, rotary, position_ids, cache)
-            if 0 < i < last:  # the update after the last layer reaches no output
-                shadow = self.update(hidden, shadow, i - 1)
+            if self.adapter.update(i) is not None:  # none after the exit block: it reaches no output
+                shadow = self._update(hidden, shadow, i)
         hidden = self.backbone.norm(_last_positions(hidden, num_logits_to_keep))
-        return (_head(hidden, self.head.weight), *cache.present)
+        return (_head(hidden, self.head), *cache.present)

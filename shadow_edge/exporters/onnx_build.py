@@ -12,6 +12,7 @@ onnxruntime-genai's model builder does:
     repeated per query head,
 and, in the backbone, injection and update as a few MatMuls per layer. Inputs, outputs and their
 meaning are those of the traced graphs (graphs.py); export validates them against the reference.
+The builders read only the loaders' description (loaders/description.py).
 Supported: the decoders of checkpoint.SUPPORTED_MODEL_TYPES with rotary tables whose two halves
 agree (the non-interleaved rotate_half layout) and SiLU MLPs; `supported()` says why not otherwise.
 """
@@ -36,6 +37,7 @@ from ..bundle import (
     CacheSpec,
 )
 from .graphs import sliding_window, tied_to
+from .loaders.description import ShadowCheckpoint
 
 MS = "com.microsoft"
 BUILDER_OPSET = 17
@@ -266,19 +268,21 @@ class _Decoder:
         normed, residual = self.norm(residual, self.layers[i].post_attention_layernorm, f"layers.{i}.post_norm", attn)
         return residual, self.mlp(i, normed)
 
-    def run(self, hidden: str, cache: tuple[list[str], list[str]], between=None) -> str:
-        """All layers; returns the final-normed hidden states. `between(i, h)`, when given, is called
-        with the output h of layer i - 1 and returns a delta that layer i reads added to h."""
-        normed, residual = self.norm(hidden, self.layers[0].input_layernorm, "layers.0.input_norm")
+    def run(self, hidden: str, cache: tuple[list[str], list[str]], between=None, adapted: range = range(0)) -> str:
+        """All layers; returns the final-normed hidden states. For each layer i in `adapted`,
+        `between(i, h)` is called with the input h of layer i (the embeddings when i = 0) and returns
+        a delta that layer i reads added to h."""
+        normed = residual = ""
         pending: str | None = None  # a layer's MLP output not yet added to the residual
         for i in range(len(self.layers)):
-            if i > 0:
-                norm, name = self.layers[i].input_layernorm, f"layers.{i}.input_norm"
-                if between is None:
-                    normed, residual = self.norm(residual, norm, name, pending)
-                else:
-                    out = self.b.op("Add", [residual, pending])
-                    normed, residual = self.norm(out, norm, name, between(i, out))
+            norm, name = self.layers[i].input_layernorm, f"layers.{i}.input_norm"
+            if i in adapted:
+                h = hidden if i == 0 else self.b.op("Add", [residual, pending])
+                normed, residual = self.norm(h, norm, name, between(i, h))
+            elif i == 0:
+                normed, residual = self.norm(hidden, norm, name)
+            else:
+                normed, residual = self.norm(residual, norm, name, pending)
             residual, pending = self.layer_body(i, normed, residual, cache)
         return self.norm(residual, self.backbone.norm, "norm", pending)[0]
 
@@ -316,13 +320,15 @@ def _last_positions(b: GraphBuilder, hidden: str, keep: str) -> str:
 def _head(b: GraphBuilder, hidden: str, head: Any, table: str | None, name: str) -> None:
     """logits of hidden [batch, kept, dim]: Gemm(transB=1) on the stored embedding table `table`
     when the head is tied to it (one stored tensor for both), else MatMul on the [dim, vocab]
-    transpose of its weight."""
+    transpose of its weight (plus its bias: classifier heads may have one)."""
     vocab, dim = head.weight.shape
     flat = b.op("Reshape", [hidden, b.ints(-1, int(dim))])
     if table is not None:
         logits = b.op("Gemm", [flat, table], name=name, transB=1)
     else:
         logits = b.op("MatMul", [flat, b.weight(f"{name}.weight", _linear_weight(head))], name=name)
+    if getattr(head, "bias", None) is not None:
+        logits = b.op("Add", [logits, b.weight(f"{name}.bias", _array(head.bias))])
     shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.ints(0), b.ints(2)]), b.ints(-1)], axis=0)
     b.op("Reshape", [logits, shape], ["logits"])
     b.output("logits", TensorProto.FLOAT, ["batch", "kept_sequence", int(vocab)])
@@ -339,27 +345,15 @@ def _tied_table(b: GraphBuilder, head: Any, embed: Any) -> str | None:
     return _table(b, embed) if tied_to(head, embed.weight) else None
 
 
-def _shadow_parts(loaded: Any) -> tuple[Any, Any, Any]:
-    """(shadow decoder, its embedding, the projection to the base width or None)."""
-    peft = loaded.peft
-    source = loaded.base_model if loaded.shares_base_embeddings else peft.shadow_model
-    projection = peft.shadow_hidden_projection
-    return (
-        peft.shadow_model,
-        source.get_input_embeddings(),
-        projection if isinstance(projection, torch.nn.Linear) else None,
-    )
-
-
-def _decoder_graph(loaded: Any, kind: str, spec: CacheSpec) -> onnx.ModelProto:
+def _decoder_graph(loaded: ShadowCheckpoint, kind: str, spec: CacheSpec) -> onnx.ModelProto:
     """shadow (-> shadow_states), shadow_lm and base_lm (-> logits)."""
     b = GraphBuilder()
     if kind == BASE_LM_GRAPH:
-        model, embed, projection = loaded.base_model.model, loaded.base_model.get_input_embeddings(), None
-        head = loaded.reference.lm_head
+        model, embed, projection, head = loaded.base_decoder, loaded.base_embed, None, loaded.heads.attached
     else:
-        model, embed, projection = _shadow_parts(loaded)
-        head = loaded.reference.shadow_lm_head if kind == SHADOW_LM_GRAPH else None
+        shadow = loaded.shadow
+        model, embed, projection = shadow.decoder, shadow.embed, shadow.projection
+        head = loaded.heads.detached if kind == SHADOW_LM_GRAPH else None
     io = _graph_io(b, kind, spec, 0)
     decoder = _Decoder(b, model, kind, io["position_ids"])
     decoder.prepare(io["input_ids"], io["attention_mask"])
@@ -377,69 +371,92 @@ def _decoder_graph(loaded: Any, kind: str, spec: CacheSpec) -> onnx.ModelProto:
     return b.model()
 
 
-def _backbone_graph(loaded: Any, spec: CacheSpec) -> onnx.ModelProto:
-    """The base decoder with injection before and update after each layer but the first."""
+def _block_diagonal(first: torch.nn.Linear, second: torch.nn.Linear) -> torch.nn.Linear:
+    """One Linear computing [first(x1) | second(x2)] from [x1 | x2]: two MLP outputs in one MatMul."""
+    combined = torch.nn.Linear(
+        first.in_features + second.in_features,
+        first.out_features + second.out_features,
+        bias=first.bias is not None or second.bias is not None,
+    )
+    with torch.no_grad():
+        combined.weight.zero_()
+        combined.weight[: first.out_features, : first.in_features] = first.weight
+        combined.weight[first.out_features :, first.in_features :] = second.weight
+        if combined.bias is not None:
+            combined.bias.zero_()
+            for part, rows in ((first, slice(0, first.out_features)), (second, slice(first.out_features, None))):
+                if part.bias is not None:
+                    combined.bias[rows] = part.bias
+    return combined
+
+
+def _backbone_graph(loaded: ShadowCheckpoint, spec: CacheSpec) -> onnx.ModelProto:
+    """The base decoder with injection before each adapted block and update after each but the exit."""
     b = GraphBuilder()
-    base, peft = loaded.base_model, loaded.peft
-    injection, update = peft.shadow_injection_model, peft.shadow_update_model
-    io = _graph_io(b, BACKBONE_GRAPH, spec, int(base.config.hidden_size))
-    decoder = _Decoder(b, base.model, BACKBONE_GRAPH, io["position_ids"])
+    adapter = loaded.adapter
+    hidden_size = int(loaded.base_config.hidden_size)
+    io = _graph_io(b, BACKBONE_GRAPH, spec, hidden_size)
+    decoder = _Decoder(b, loaded.base_decoder, BACKBONE_GRAPH, io["position_ids"])
     decoder.prepare(io["input_ids"], io["attention_mask"])
-    embed = base.get_input_embeddings()
+    embed = loaded.base_embed
     hidden = b.op("Gather", [_table(b, embed), io["input_ids"]], axis=0)
     shadow = [io[SHADOW_STATES]]
-    norm = update.hidden_norm
+    norm = adapter.norm
 
-    def update_shadow(k: int, h: str) -> str:
-        # s + g * (t - s),  g = sigmoid(G2(silu(G1(u)))),  t = T2(silu(T1(u))),  u = LayerNorm(h)
-        gates, transforms = update.update_gates[k], update.update_transforms[k]
-        u = b.op(
-            "LayerNormalization",
-            [h, b.weight("update.norm.weight", _array(norm.weight)), b.weight("update.norm.bias", _array(norm.bias))],
-            axis=-1,
-            epsilon=float(norm.eps),
+    def activation(x: str) -> str:
+        if adapter.activation == "gelu":
+            return b.op("Gelu", [x], domain=MS)  # erf form, as nn.GELU()
+        return b.op("Mul", [x, b.op("Sigmoid", [x])])
+
+    def update_shadow(i: int, h: str) -> str:
+        # s + g * (t - s),  g = sigmoid(G(u)),  t = T(u),  u = LayerNorm(h) or h
+        update = adapter.update(i)
+        u = h
+        if norm is not None:
+            gamma = b.weight("update.norm.weight", _array(norm.weight))
+            u = b.op(
+                "LayerNormalization",
+                [h, gamma, b.weight("update.norm.bias", _array(norm.bias))],
+                axis=-1,
+                epsilon=float(norm.eps),
+            )
+        first = decoder.linear(u, [update.gate[0], update.transform[0]], f"update.{i}.in")
+        out = decoder.linear(
+            activation(first), [_block_diagonal(update.gate[1], update.transform[1])], f"update.{i}.out"
         )
-        first = decoder.linear(u, [gates[0], transforms[0]], f"update.{k}.in")
-        act = b.op("Mul", [first, b.op("Sigmoid", [first])])
-        width = gates[0].out_features
-        second = np.zeros((2 * width, 2 * int(base.config.hidden_size)), np.float32)  # block diagonal
-        second[:width, : second.shape[1] // 2] = _linear_weight(gates[2])
-        second[width:, second.shape[1] // 2 :] = _linear_weight(transforms[3])
-        out = b.op("MatMul", [act, b.weight(f"update.{k}.out.weight", second)], name=f"update.{k}.out")
-        gate_pre, target = b.op("Split", [out, b.ints(second.shape[1] // 2, second.shape[1] // 2)], 2, axis=-1)
+        gate_pre, target = b.op("Split", [out, b.ints(hidden_size, hidden_size)], 2, axis=-1)
         s = shadow[0]
         return b.op("Add", [s, b.op("Mul", [b.op("Sigmoid", [gate_pre]), b.op("Sub", [target, s])])])
 
     def between(i: int, h: str) -> str:
-        if i >= 2:  # the update after layer i - 1 (none after layer 0, none after the last)
-            shadow[0] = update_shadow(i - 2, h)
-        k = i - 1  # h + alpha * ((h - s) @ W_down[k]) @ W_up[k]
-        down = b.weight(f"inject.{k}.down", _array(injection.injection_downs[k]))
-        up = b.weight(f"inject.{k}.up", injection.alpha * _array(injection.injection_ups[k]))
-        delta = b.op(
+        if adapter.update(i - 1) is not None:  # the update after the previous adapted block
+            shadow[0] = update_shadow(i - 1, h)
+        injection = adapter.injection(i)  # ((h - s) @ W_down) @ (alpha W_up)
+        down = b.weight(f"inject.{i}.down", _array(injection.down))
+        up = b.weight(f"inject.{i}.up", _array(injection.up))
+        return b.op(
             "MatMul",
-            [b.op("MatMul", [b.op("Sub", [h, shadow[0]]), down], name=f"inject.{k}.down"), up],
-            name=f"inject.{k}.up",
+            [b.op("MatMul", [b.op("Sub", [h, shadow[0]]), down], name=f"inject.{i}.down"), up],
+            name=f"inject.{i}.up",
         )
-        return delta
 
-    hidden = decoder.run(hidden, (io["past"], io["present"]), between)
-    head = loaded.reference.lm_head
+    adapted = range(adapter.first, adapter.last + 1)
+    hidden = decoder.run(hidden, (io["past"], io["present"]), between, adapted)
+    head = loaded.heads.attached
     _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, _tied_table(b, head, embed), "lm_head")
     _declare_present(b, spec)
     return b.model()
 
 
-def _shadow_head_graph(loaded: Any) -> onnx.ModelProto:
+def _shadow_head_graph(loaded: ShadowCheckpoint) -> onnx.ModelProto:
     b = GraphBuilder()
-    _, embed, _ = _shadow_parts(loaded)
-    head = loaded.reference.shadow_lm_head
+    head = loaded.heads.detached
     io = _graph_io(b, SHADOW_HEAD_GRAPH, None, int(head.weight.shape[1]))
-    _head(b, io[SHADOW_STATES], head, _tied_table(b, head, embed), "lm_head")
+    _head(b, io[SHADOW_STATES], head, _tied_table(b, head, loaded.shadow.embed), "lm_head")
     return b.model()
 
 
-def build_graph(loaded: Any, kind: str, spec: CacheSpec) -> onnx.ModelProto:
+def build_graph(loaded: ShadowCheckpoint, kind: str, spec: CacheSpec) -> onnx.ModelProto:
     """The graph `kind` of the loaded checkpoint (spec: its KV cache)."""
     if kind == SHADOW_HEAD_GRAPH:
         return _shadow_head_graph(loaded)

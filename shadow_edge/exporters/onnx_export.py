@@ -188,7 +188,7 @@ BUILDERS = ("fused", "traced")
 
 
 def _traced(loaded, kind: str, cache: CacheSpec, hidden: int, opset: int) -> onnx.ModelProto:
-    configs = [loaded.base_model.config, loaded.peft.shadow_model.config]
+    configs = [loaded.base_config, loaded.shadow.decoder.config]
     module = GRAPH_MODULES[kind](loaded)
     with attention_implementation(configs, GROUPED_ATTENTION):
         model = trace_graph(module, kind, cache, hidden, opset)
@@ -203,7 +203,7 @@ def graph_builder(loaded, kind: str, builder: str) -> str:
     """ "fused" when asked for and onnx_build can state the graph's decoder, else "traced: why"."""
     if builder != "fused" or kind == SHADOW_HEAD_GRAPH:
         return builder
-    decoder = loaded.base_model.model if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else loaded.peft.shadow_model
+    decoder = loaded.base_decoder if kind in (BACKBONE_GRAPH, BASE_LM_GRAPH) else loaded.shadow.decoder
     reason = supported(decoder)
     return f"traced: {reason}" if reason else "fused"
 
@@ -217,9 +217,9 @@ def export_graphs(
     falls back to tracing for decoders it cannot state), "traced" traces the torch modules.
     Returns ({graph: (file, inputs, outputs, weight bytes per token, builder used)}, the shared
     weights record)."""
-    base_cache = cache_spec(loaded.base_model.config)
-    shadow_cache = cache_spec(loaded.peft.shadow_model.config)
-    hidden = int(loaded.base_model.config.hidden_size)
+    base_cache = cache_spec(loaded.base_config)
+    shadow_cache = cache_spec(loaded.shadow.decoder.config)
+    hidden = int(loaded.base_config.hidden_size)
     weights = SharedWeights(folder / WEIGHTS_FILE)
     graphs = {}
     for kind in names:

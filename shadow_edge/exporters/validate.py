@@ -1,4 +1,5 @@
-"""Compare exported graphs, run by onnxruntime, with the reference shadow-peft forward in PyTorch.
+"""Compare exported graphs, run by onnxruntime, with the checkpoint library's own forward in PyTorch
+(shadow-peft's, or peft's with use_cache=False: every reference call recomputes the whole sequence).
 
 Scenarios (every mode: attached = shadow + backbone graphs, detached = shadow_lm graph, and
 base = base_lm graph against a fresh copy of the base model when the bundle has it):
@@ -7,6 +8,7 @@ base = base_lm graph against a fresh copy of the base model when the bundle has 
                        reference run on that row alone, unpadded
   greedy               greedy tokens from ORT (cached decoding) vs. the reference recomputing the
                        whole sequence each step
+Classifiers instead: class logits at the last token of each row alone and of a left-padded batch.
 The shadow_head graph (the cascade's detached answers) is fed the shadow graph's states of the
 prefill and compared with the reference's detached logits.
 Figures: max |logit difference| over all compared positions, argmax agreement, greedy matches.
@@ -24,6 +26,7 @@ from ..bundle import SHADOW_GRAPH, SHADOW_HEAD_GRAPH, GraphSpec, ModelSpec, cach
 from ..runtimes.engine import Engine, left_pad
 from ..runtimes.sessions import GraphRunner, session_options
 from .checkpoint import load_base_model
+from .loaders.description import SEQ_CLS, ShadowCheckpoint
 
 DEFAULT_TOLERANCE = 1e-3
 GREEDY_TOKENS = 8
@@ -46,29 +49,20 @@ class _Engines:
 
 
 class _Reference:
-    def __init__(self, reference, base_model=None) -> None:
-        self.model = reference
+    """The format's own forward (loaded.reference) on one unpadded row, recomputing everything."""
+
+    def __init__(self, loaded: ShadowCheckpoint, base_model=None) -> None:
+        self.forward = loaded.reference
         self.base_model = base_model  # a fresh, unwrapped copy of the base (for the base_lm graph)
 
     @torch.no_grad()
     def __call__(self, ids: np.ndarray) -> dict[str, np.ndarray]:
-        """Full-sequence reference outputs for one unpadded row (no cache)."""
+        """LM logits [seq, vocab] (class logits [labels]) per mode, and the states [seq, d]."""
         input_ids = torch.from_numpy(ids).long()[None]
-        mask = torch.ones_like(input_ids)
-        pos = torch.arange(input_ids.shape[1])[None]
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=pos)
-        states = self.model.peft_model._compute_initial_shadow_hidden(
-            input_ids=input_ids, attention_mask=mask, position_ids=pos, inputs_embeds=None
-        )
-        result = {
-            "attached": out.logits[0].numpy(),
-            "detached": out.shadow_logits[0].numpy(),
-            "states": states[0].numpy(),
-        }
+        result = {name: value[0].numpy() for name, value in self.forward(input_ids, None).items()}
         if self.base_model is not None:
-            result["base"] = (
-                self.base_model(input_ids=input_ids, attention_mask=mask, position_ids=pos).logits[0].numpy()
-            )
+            pos = torch.arange(input_ids.shape[1])[None]
+            result["base"] = self.base_model(input_ids=input_ids, position_ids=pos).logits[0].numpy()
         return result
 
 
@@ -137,8 +131,26 @@ def _greedy(runs: _Engines, ref: _Reference, prompt: np.ndarray) -> dict:
     return result
 
 
+def _classify(runs: _Engines, ref: _Reference, rows: list[np.ndarray], pad_id: int, tallies: dict) -> None:
+    """Class logits at the last token: each row alone, then both left-padded in one batch."""
+    lengths = [12, 7]
+    want = [ref(row[:n]) for row, n in zip(rows, lengths, strict=True)]
+    ids, mask = left_pad([row[:n] for row, n in zip(rows, lengths, strict=True)], pad_id)
+    for mode, engine in runs.engines.items():
+        for b, n in enumerate(lengths):
+            tallies[mode].add(engine.forward(engine.start(1), rows[b][None, :n], keep=1)[0], want[b][mode][None])
+        logits = engine.forward(engine.start(2), ids, mask=mask, keep=1)
+        for b in range(len(lengths)):
+            tallies[mode].add(logits[b], want[b][mode][None])
+    length = lengths[0]
+    states = runs.shadow.step(runs.shadow.new_cache(1), rows[0][None], np.ones((1, length)), np.arange(length)[None])
+    tallies["shadow_states"].add(states[0], want[0]["states"])
+    if runs.head is not None:
+        tallies[SHADOW_HEAD_GRAPH].add(runs.head.head(states[:, -1:])[0], want[0]["detached"][None])
+
+
 def validate_bundle(
-    loaded,
+    loaded: ShadowCheckpoint,
     folder: Path,
     graphs: dict[str, GraphSpec],
     model: ModelSpec,
@@ -149,26 +161,33 @@ def validate_bundle(
     runs = _Engines(folder, graphs, model)
     base_model = None
     if "base" in runs.modes:
-        base_model, _ = load_base_model(loaded.base_dir)
+        base_model, _ = load_base_model(loaded.origin.base_dir)
         base_model.eval()
-    ref = _Reference(loaded.reference, base_model)
-    vocab = int(loaded.base_model.config.vocab_size)
+    ref = _Reference(loaded, base_model)
+    vocab = int(loaded.base_config.vocab_size)
     rng = np.random.default_rng(seed)
     tokens = rng.integers(3, vocab, size=12)
     rows = [rng.integers(3, vocab, size=12) for _ in range(2)]
-    pad_id = loaded.base_model.config.pad_token_id
+    pad_id = loaded.base_config.pad_token_id
     pad_id = int(pad_id) if pad_id is not None else 0
 
     checked = [*runs.modes, *([SHADOW_HEAD_GRAPH] if runs.head is not None else [])]
     tallies = {name: _Tally() for name in checked} | {"shadow_states": _Tally()}
-    _prefill_then_decode(runs, ref, tokens, tallies)
-    _batch_left_padding(runs, ref, rows, pad_id, tallies)
-    greedy = _greedy(runs, ref, tokens[:6])
+    greedy: dict = {}
+    if loaded.task == SEQ_CLS:
+        _classify(runs, ref, rows, pad_id, tallies)
+        scenarios = ["classify_each_row", "classify_batch2_left_padding"]
+    else:
+        _prefill_then_decode(runs, ref, tokens, tallies)
+        _batch_left_padding(runs, ref, rows, pad_id, tallies)
+        greedy = _greedy(runs, ref, tokens[:6])
+        scenarios = ["prefill_then_decode", "batch2_left_padding", "greedy"]
 
     report = {name: tally.as_dict() for name, tally in tallies.items()}
     report["greedy"] = greedy
     report["tolerance"] = tolerance
-    report["scenarios"] = ["prefill_then_decode", "batch2_left_padding", "greedy"]
+    report["scenarios"] = scenarios
+    report["reference"] = f"{loaded.origin.library} {loaded.origin.library_version}, full recompute (no KV cache)"
     failures = [
         f"{name}: max |logit diff| {report[name]['max_abs_diff']:.2e} > {tolerance:.0e}"
         for name in checked

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..bundle import BACKBONE_GRAPH, CASCADE_GRAPHS, SHADOW_GRAPH, SHADOW_HEAD_GRAPH, read_manifest
 from ..errors import GenerationError
+from .classify import refuse_generation
 from .engine import Engine, Sequences
 from .escalation import Decision, EscalationPolicy, next_token_stats
 from .generate import (
@@ -306,6 +307,7 @@ def load_cascade(
     window) over the bundle's defaults (manifest.escalation); None keeps a default."""
     root = Path(bundle)
     manifest = read_manifest(root)
+    refuse_generation(manifest)  # a classifier bundle has no LM head
     base_policy = EscalationPolicy.from_dict(manifest.escalation)
     chosen = base_policy.updated(**policy)
     client = RemoteModel(remote, timeout=timeout, api_key=remote_api_key) if remote else None

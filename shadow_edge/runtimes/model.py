@@ -6,6 +6,7 @@
     model.chat([{"role": "user", "content": "Hi"}]).text
     model.generate_batch([[1, 2, 3], [4, 5]])      # left-padded, same tokens as one by one
     model.logits([1, 2, 3])                         # [seq, vocab], for tests and evaluation
+    model.classify(["great movie", [1, 2, 3]])      # classifier bundles: label, logits, probs per input
 
 load() checks the manifest (format and version) and the size and sha256 of every file the mode
 needs (verify="size" skips the hashes, for a bundle already checked), and creates sessions only
@@ -41,6 +42,7 @@ from ..bundle import (
     verify_files,
 )
 from ..errors import BundleError, GenerationError
+from .classify import Classification, classify_rows, refuse_generation
 from .engine import Engine
 from .generate import GenerationConfig, GenerationResult, Response, check_prompts, collect, stream_rows
 from .sessions import GraphRunner, session_options
@@ -222,6 +224,7 @@ class ShadowEdgeModel:
 
     def stream_batch(self, prompts: Sequence[str | Sequence[int]], **settings) -> Iterator[Response]:
         """Responses of every row (Response.index) as tokens are produced; checks the request first."""
+        refuse_generation(self.manifest)
         ids = [self.encode(p) for p in prompts]
         return stream_rows(
             self.engine,
@@ -233,6 +236,15 @@ class ShadowEdgeModel:
             self.pad_token_id,
             self.token_stream,
         )
+
+    def classify(self, inputs: str | Sequence[int] | Sequence[str | Sequence[int]]) -> list[Classification]:
+        """Label, logits and probabilities of each input (one text or id list, or a list of them), in
+        the bundle's mode (detached: the shadow alone). Batched with left padding: the same logits as
+        one by one."""
+        single = isinstance(inputs, str) or (len(inputs) > 0 and isinstance(inputs[0], int | np.integer))
+        rows = [self.encode(p) for p in ([inputs] if single else inputs)]
+        check_prompts(rows, self.manifest.model.vocab_size, self.context_length + 1)
+        return classify_rows(self.engine, self.manifest, rows, self.pad_token_id)
 
     def stream(self, prompt: str | Sequence[int], **settings) -> Iterator[Response]:
         """One Response per generated token; the last has finish_reason set."""

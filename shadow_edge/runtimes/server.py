@@ -4,6 +4,8 @@
     GET  /v1/models              the one model served
     POST /v1/completions         prompt: text or token ids
     POST /v1/chat/completions    messages, rendered with the bundle's chat template
+    POST /classify (/v1/classify)  classifier bundles, in vLLM's shape: {"input": text | [texts] | ids
+                                 | [ids]} -> {"data": [{index, label, probs, num_classes}], "usage"}
 
 Requests and responses follow OpenAI's schema; `stream: true` answers with server-sent events
 (`data: {chunk}` ... `data: [DONE]`). Settings that a request leaves out take the bundle's defaults
@@ -90,6 +92,20 @@ class ServedModel(Protocol):
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
     def stream(self, prompt: str | Sequence[int], **settings: Any) -> Iterator[Response]: ...
     def generate(self, prompt: str | Sequence[int], **settings: Any) -> GenerationResult: ...
+
+
+def _classify_inputs(body: Any) -> list[str | list[int]]:
+    """vLLM's /classify `input`: a text, a list of texts, a list of token ids, or a list of those."""
+    value = body.get("input") if isinstance(body, dict) else None
+
+    def row(item: Any) -> bool:
+        return isinstance(item, str) or (isinstance(item, list) and all(type(t) is int for t in item))
+
+    if isinstance(value, str) or (isinstance(value, list) and value and all(type(t) is int for t in value)):
+        return [value]
+    if isinstance(value, list) and value and all(row(item) for item in value):
+        return list(value)
+    raise ApiError(400, "input must be a text, a list of texts, token ids or a list of token-id lists", param="input")
 
 
 # -- requests --------------------------------------------------------------------------------------
@@ -385,6 +401,34 @@ class Server:
             if not handed_over:
                 self.slots.release()
 
+    async def classify(self, request: Request) -> JSONResponse:
+        inputs = _classify_inputs(await self.read_json(request))
+
+        def run() -> tuple[list[Any], int]:
+            tokens = sum(len(self.model.encode(item)) for item in inputs)
+            return self.model.classify(inputs), tokens
+
+        await self.slots.acquire()
+        try:
+            results, tokens = await run_in_threadpool(run)
+        except (GenerationError, ValueError) as exc:  # not a classifier bundle, bad ids, too long
+            raise ApiError(400, str(exc)) from None
+        finally:
+            self.slots.release()
+        data = [
+            {"index": i, "label": r.label, "probs": r.probs, "num_classes": len(r.probs)} for i, r in enumerate(results)
+        ]
+        return JSONResponse(
+            {
+                "id": f"classify-{uuid.uuid4().hex}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": self.model_name,
+                "data": data,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0},
+            }
+        )
+
     async def read_json(self, request: Request) -> Any:
         """The JSON body: declared as such (a cross-site form or text/plain POST is not), within
         the size limit, sent within the request timeout, and nested at most MAX_JSON_DEPTH deep."""
@@ -523,6 +567,8 @@ def create_app(
         Route("/v1/models", server.models, methods=["GET"]),
         Route("/v1/completions", server.completions, methods=["POST"]),
         Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+        Route("/classify", server.classify, methods=["POST"]),
+        Route("/v1/classify", server.classify, methods=["POST"]),
     ]
     handlers = {HTTPException: _http_error, ApiError: _api_error, Exception: _server_error}
     guard = server_guard.middleware(api_key, allowed_hosts, cors_origins)

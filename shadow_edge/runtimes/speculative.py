@@ -26,6 +26,7 @@ import numpy as np
 
 from ..bundle import BACKBONE_GRAPH, CASCADE_GRAPHS, SHADOW_GRAPH, SHADOW_HEAD_GRAPH, read_manifest
 from ..errors import BundleError, GenerationError
+from .classify import refuse_generation
 from .engine import Engine
 from .generate import GenerationConfig
 from .model import ShadowEdgeModel, open_bundle
@@ -167,6 +168,7 @@ def load_speculative(
         raise GenerationError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
     root = Path(bundle)
     manifest = read_manifest(root)
+    refuse_generation(manifest)  # a classifier bundle has no LM head
     if "attached" not in manifest.modes:
         raise BundleError(
             "speculative decoding needs the attached graphs; this bundle has only: " + ", ".join(manifest.modes)
