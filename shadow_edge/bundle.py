@@ -27,6 +27,7 @@ from .manifest_schema import MAX_MANIFEST_BYTES, build, loads
 from .verify_cache import hash_matches, sha256_file
 
 FORMAT_NAME = "shadow-edge-bundle"
+TASKS = ("causal_lm", "seq_cls")
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 
@@ -241,8 +242,12 @@ def check_consistency(manifest: Manifest) -> None:
     bad = [t for t in ids if t is not None and t >= model.vocab_size]
     if bad:
         raise BundleError(f"manifest names token id {bad[0]}, outside the vocabulary (0..{model.vocab_size - 1})")
+    if model.task not in TASKS:
+        raise BundleError(f"manifest model.task is {model.task[:40]!r}, not one of {', '.join(TASKS)}")
+    # a classifier's graphs end in class logits, one per label, not in the vocabulary
+    width = len(model.labels) if model.task == "seq_cls" else model.vocab_size
     for graph, spec in manifest.graphs.items():
-        _check_graph_io(graph, spec, cache_for(model, graph), model.vocab_size)
+        _check_graph_io(graph, spec, cache_for(model, graph), width)
 
 
 def _check_graph_io(graph: str, spec: GraphSpec, cache: CacheSpec, vocab_size: int) -> None:
