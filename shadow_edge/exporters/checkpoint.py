@@ -18,16 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BaseModelError, CheckpointError, UnsupportedModelError
+from . import architectures
 
 CONFIG_FILE = "shadow_config.json"
 ADAPTER_FILE = "shadow_adapter.safetensors"
 MODULES_FILE = "shadow_modules.safetensors"
 BASE_SUBDIR = "base"
 SHADOW_SUBDIR = "shadow_model"
-
-# Decoders whose layers take (hidden, attention_mask, position_ids, cache, position_embeddings),
-# whose backbone has embed_tokens / rotary_emb / norm and adds nothing else to the embeddings.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @dataclass
@@ -111,7 +108,7 @@ def load_base_model(base_dir: Path) -> tuple[Any, str | None]:
     ggufs = sorted(p.name for p in base_dir.glob("*.gguf"))
     if (base_dir / "config.json").is_file():
         config = AutoConfig.from_pretrained(base_dir)
-        _check_architecture(config)
+        architectures.check(config)
         if not list(base_dir.glob("*.safetensors")):
             raise BaseModelError(f"{base_dir} has no *.safetensors weights (pickled .bin weights are not loaded)")
         try:
@@ -124,17 +121,9 @@ def load_base_model(base_dir: Path) -> tuple[Any, str | None]:
             model = AutoModelForCausalLM.from_pretrained(base_dir, gguf_file=ggufs[0], dtype="float32")
         except (OSError, ValueError, RuntimeError) as exc:
             raise BaseModelError(f"cannot load {base_dir / ggufs[0]}: {_first_line(exc)}") from None
-        _check_architecture(model.config)
+        architectures.check(model.config)
         return model, ggufs[0]
     raise BaseModelError(f"{base_dir} holds neither config.json with safetensors nor exactly one .gguf file")
-
-
-def _check_architecture(config: Any) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"architecture {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -155,12 +144,11 @@ def _explicit_shadow_model(shadow_dir: Path) -> Any:
         # weights are in the adapter (shadow_hidden_projection.weight). Parse, never import.
         data = dict(data.get("shadow_model_config") or {})
     model_type = data.pop("model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"explicit shadow architecture {model_type!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
-    config = AutoConfig.for_model(model_type, **data)
+    try:
+        config = AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError):
+        raise UnsupportedModelError(f"explicit shadow architecture {model_type!r} is unknown to transformers") from None
+    architectures.check(config, "explicit shadow architecture")
     return AutoModelForCausalLM.from_config(config, dtype="float32")
 
 
