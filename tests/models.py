@@ -71,6 +71,9 @@ ARCH_EXTRA = {
     },
     "olmo2": {"pad_token_id": 0, "tie_word_embeddings": False},
     "smollm3": {"pad_token_id": 0, "no_rope_layers": [1, 0, 1], "use_sliding_window": True, "sliding_window": 6},
+    # off the architecture table: traced and validated (exaone4), or failing to trace (cohere)
+    "exaone4": {"sliding_window": 6, "pad_token_id": 0},
+    "cohere": {},
 }
 
 
