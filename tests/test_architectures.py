@@ -115,3 +115,15 @@ def test_structures_a_bundle_cannot_express_are_refused_with_the_reason(
     AutoConfig.for_model(model_type, **config).save_pretrained(folder)  # refused before any weight is read
     (folder / "model.safetensors").write_bytes(b"")
     assert_one_line_error([arch_exports["gemma"].checkpoint, "--base", folder], reason, tmp_path / "out")
+
+
+def test_partial_rotary_phi4_mini_style_is_fused_exactly(tmp_path):
+    from models import ARCH_EXTRA
+
+    rope = {**ARCH_EXTRA["phi3"]["rope_parameters"], "partial_rotary_factor": 0.5}
+    rope.update(short_factor=[1.0, 1.5, 2.0, 3.0], long_factor=[1.0, 4.0, 8.0, 16.0])  # rotary_dim / 2 of them
+    base = tiny_base(tmp_path / "base", "phi3", rope_parameters=rope)
+    manifest = shadow_edge.export(write_checkpoint(tmp_path / "ckpt", base), tmp_path / "out", base=base).manifest
+    assert_matches_reference(manifest.validation)
+    rotary = next(n for n in _ops(tmp_path / "out") if n.op_type == "RotaryEmbedding")
+    assert {a.name: a.i for a in rotary.attribute}["rotary_embedding_dim"] == 8  # of head_dim 16
