@@ -19,19 +19,20 @@ class Exported:
     bundle: Path
 
 
-@pytest.fixture(scope="session")
-def tiny_exports(tmp_path_factory) -> dict[str, Exported]:
-    """One exported bundle per architecture; checkpoints keep their base at CKPT/base."""
+def export_tiny(tmp_path_factory, arch: str) -> Exported:
+    """A tiny model of `arch` with a 2-layer shadow, exported; its base at CKPT/base."""
     import shadow_edge
 
-    out = {}
-    for arch in ARCHITECTURES:
-        root = tmp_path_factory.mktemp(f"tiny-{arch}")
-        base = tiny_base(root / "ckpt" / "base", arch)
-        ckpt = write_checkpoint(root / "ckpt", base, num_shadow_layers=2)
-        bundle = shadow_edge.export(ckpt, root / "bundle").output
-        out[arch] = Exported(ckpt, base, bundle)
-    return out
+    root = tmp_path_factory.mktemp(f"tiny-{arch}")
+    base = tiny_base(root / "ckpt" / "base", arch)
+    ckpt = write_checkpoint(root / "ckpt", base, num_shadow_layers=2)
+    return Exported(ckpt, base, shadow_edge.export(ckpt, root / "bundle").output)
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory) -> dict[str, Exported]:
+    """One exported bundle per architecture."""
+    return {arch: export_tiny(tmp_path_factory, arch) for arch in ARCHITECTURES}
 
 
 @pytest.fixture(scope="session")

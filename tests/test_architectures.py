@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from conftest import Exported
+from conftest import Exported, export_tiny
 from models import tiny_base, write_checkpoint
 from test_export import assert_matches_reference, assert_one_line_error
 from test_runtime_generate import reference_greedy
@@ -22,13 +22,7 @@ PROMPT = [1, 17, 42, 5, 63, 8, 30, 11, 9, 71, 23, 4]  # longer than the tiny sli
 
 @pytest.fixture(scope="module")
 def arch_exports(tmp_path_factory) -> dict[str, Exported]:
-    out = {}
-    for arch in NEW_ARCHITECTURES:
-        root = tmp_path_factory.mktemp(f"arch-{arch}")
-        base = tiny_base(root / "ckpt" / "base", arch)
-        ckpt = write_checkpoint(root / "ckpt", base, num_shadow_layers=2)
-        out[arch] = Exported(ckpt, base, shadow_edge.export(ckpt, root / "bundle").output)
-    return out
+    return {arch: export_tiny(tmp_path_factory, arch) for arch in NEW_ARCHITECTURES}
 
 
 @pytest.fixture(scope="module")
