@@ -145,7 +145,7 @@ class _DecoderStack:
             self.config.layer_types[i] if self.arch.rope_per_layer_type else "default" for i in range(len(self.layers))
         ]
         # LongRoPE's module updates its buffers in place per call, which does not trace: read its tables
-        self.tables = {}
+        self.tables: dict[str, tuple[torch.Tensor, torch.Tensor, int | None]] = {}
         for key in set(self.rope_keys):
             if rope_parameters(self.config, key).get("rope_type") == "longrope":
                 self.tables[key] = rotary_tables(backbone, key)
@@ -169,7 +169,7 @@ class _DecoderStack:
         rotary = {key: self._rotary(key, hidden, position_ids) for key in set(self.rope_keys)}
         return masks, rotary
 
-    def _rotary(self, key: str, hidden: torch.Tensor, position_ids: torch.Tensor):
+    def _rotary(self, key: str, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if key not in self.tables:
             return self.backbone.rotary_emb(hidden, position_ids, *(() if key == "default" else (key,)))
         cos, sin, start = self.tables[key]
