@@ -31,11 +31,12 @@ def gemma3_int4(gemma3_export, tmp_path_factory):
     from shadow_edge.exporters.quantize import quantize_bundle
 
     out = tmp_path_factory.mktemp("gemma3-int4") / "bundle"
-    return quantize_bundle(gemma3_export.bundle, out, "int4", threads=2, check=False).output
+    # the GGUF's Q5_0/Q6_K/Q8_0 tensors at 8 bits, its Q4_K ones grid-exact at 4 (README: Gemma 3 270M)
+    return quantize_bundle(gemma3_export.bundle, out, "int4", threads=2, check=False, off_grid="int8").output
 
 
-# Off in CI: quantizing Gemma 3 270M to int4 takes ~460 s and 13 GB here, and the default int4 recipe does
-# not keep its greedy tokens (benchmarks/results/gemma3.json has the fidelity figures).
+# Off in CI: quantizing Gemma 3 270M to int4 takes 260-680 s and 13 GB here, and int4 does not keep all its
+# greedy tokens (top-1 96.7% attached, 98.2% detached with the recipe above; README has the figures).
 needs_int4 = pytest.mark.skipif(
     not os.environ.get("SHADOW_EDGE_GEMMA3_INT4"), reason="set SHADOW_EDGE_GEMMA3_INT4=1 (slow, 13 GB)"
 )
