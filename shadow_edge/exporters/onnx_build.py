@@ -13,8 +13,9 @@ onnxruntime-genai's model builder does:
 and, in the backbone, injection and update as a few MatMuls per layer. Inputs, outputs and their
 meaning are those of the traced graphs (graphs.py); export validates them against the reference.
 The builders read only the loaders' description (loaders/description.py).
-Supported: the decoders of checkpoint.SUPPORTED_MODEL_TYPES with rotary tables whose two halves
-agree (the non-interleaved rotate_half layout) and SiLU MLPs; `supported()` says why not otherwise.
+Supported: the decoders of the architecture table (architectures.py) with rotary tables whose two
+halves agree (the non-interleaved rotate_half layout) and silu / gelu MLPs; `supported()` says why not
+otherwise, and the exporter traces that graph instead.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from ..bundle import (
     SHADOW_STATES,
     CacheSpec,
 )
-from .graphs import sliding_window, tied_to
-from .loaders.description import ShadowCheckpoint
+from . import architectures
+from .graphs import rope_parameters, rotary_tables, sliding_window, tied_to
+from .loaders.description import SEQ_CLS, ShadowCheckpoint
 
 MS = "com.microsoft"
 BUILDER_OPSET = 17
@@ -107,60 +109,67 @@ class GraphBuilder:
         return model
 
 
-def _rotary_tables(decoder: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """RotaryEmbedding's cos/sin caches [max_positions, head_dim / 2] from the decoder's own rotary
-    module (any static rope scaling included), or None when its tables are not in the rotate_half
-    layout (both halves equal)."""
-    positions = torch.arange(int(decoder.config.max_position_embeddings))[None]
-    with torch.no_grad():
-        cos, sin = decoder.rotary_emb(torch.zeros(1, dtype=torch.float32), positions)
-    cos, sin = _array(cos[0]), _array(sin[0])
+def _rotary_tables(decoder: Any, key: str = "default") -> tuple[np.ndarray, np.ndarray, int | None] | None:
+    """RotaryEmbedding's cos/sin caches [rows, rotary_dim / 2] (graphs.rotary_tables: static scaling
+    included; LongRoPE's short rows, then its long rows from `long_from`); None when the tables are
+    not in the rotate_half layout (both halves equal)."""
+    cos, sin, long_from = rotary_tables(decoder, key)
+    cos, sin = _array(cos), _array(sin)
     half = cos.shape[-1] // 2
     if not (np.array_equal(cos[:, :half], cos[:, half:]) and np.array_equal(sin[:, :half], sin[:, half:])):
         return None
-    return cos[:, :half], sin[:, :half]
+    return cos[:, :half], sin[:, :half], long_from
+
+
+def _rope_keys(decoder: Any) -> list[str | None]:
+    arch = architectures.of(decoder.config)
+    return [arch.rope_key(decoder.config, i) for i in range(len(decoder.layers))]
 
 
 def supported(decoder: Any) -> str | None:
     """None when this builder can state the HF decoder backbone exactly; else the reason."""
     config = decoder.config
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"hidden_act {config.hidden_act!r} (only silu)"
-    rotary = getattr(decoder, "rotary_emb", None)
-    if rotary is None:
+    arch = architectures.of(config)
+    if arch is None:
+        return f"{config.model_type!r} is not in the architecture table"
+    first = getattr(decoder.layers[0], "layer", decoder.layers[0])
+    if architectures.activation(first.mlp) is None:
+        return f"MLP activation {type(getattr(first.mlp, 'act_fn', None)).__name__} (only silu, gelu, gelu-tanh)"
+    if getattr(decoder, "rotary_emb", None) is None:
         return "no rotary embedding"
-    rope = getattr(config, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) == "dynamic":
-        return "dynamic rope scaling (its tables depend on the sequence length)"
-    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
-        return "partial rotary embedding"
-    first = decoder.layers[0]
-    head_dim = getattr(first, "layer", first).self_attn.head_dim
+    keys = {key for key in _rope_keys(decoder) if key is not None}
+    for key in keys:
+        if rope_parameters(config, key).get("rope_type") == "dynamic":
+            return "dynamic rope scaling (its tables depend on the sequence length)"
+    head_dim = first.self_attn.head_dim
     if head_dim % 16:
         return f"head_dim {head_dim} (onnxruntime's GroupQueryAttention needs a multiple of 16)"
-    if _rotary_tables(decoder) is None:
+    if any(_rotary_tables(decoder, key) is None for key in keys):
         return "rotary tables not in the rotate_half layout"
     return None
 
 
 class _Decoder:
-    """The layers of one HF decoder backbone, stated on a GraphBuilder."""
+    """The layers of one HF decoder backbone, stated on a GraphBuilder, as its architecture table
+    entry (architectures.py) says."""
 
     def __init__(self, b: GraphBuilder, backbone: Any, prefix: str, position_ids: str) -> None:
         self.b, self.backbone, self.prefix, self.position_ids = b, backbone, prefix, position_ids
         self.config = backbone.config
+        self.arch = architectures.of(self.config)
         self.layers = [getattr(layer, "layer", layer) for layer in backbone.layers]
-        attention = self.layers[0].self_attn
         self.heads = int(self.config.num_attention_heads)
         self.kv_heads = int(self.config.num_key_value_heads)
-        self.head_dim = int(attention.head_dim)
-        self.scale = float(attention.scaling)
+        self.head_dim = int(self.layers[0].self_attn.head_dim)
         self.windows = [sliding_window(self.config, i) for i in range(len(self.layers))]
+        self.rope_keys = _rope_keys(backbone)
+        # Granite scales both branch outputs before the residual add: folded into o_proj and down_proj
+        self.residual_scale = self.arch.config_value(self.config, "residual_multiplier") or 1.0
 
     # ---- once per run -------------------------------------------------------------------------
     def prepare(self, input_ids: str, attention_mask: str) -> None:
         """Additive masks [batch, 1, seq, total] (one per window size), the cache lengths and the
-        rotary tables."""
+        rotary tables (one pair per rope kind the layers use)."""
         b = self.b
         seq = b.op("Gather", [b.op("Shape", [input_ids]), b.ints(1)], axis=0)  # [1]
         total = b.op("Gather", [b.op("Shape", [attention_mask]), b.ints(1)], axis=0)
@@ -182,49 +191,99 @@ class _Decoder:
                 allowed = b.op("And", [allowed, b.op("Greater", [key_pos, low])])
             allowed = b.op("And", [real, allowed])  # [batch, 1, seq, total]
             self.masks[window] = b.op("Where", [allowed, b.scalar(0.0, np.float32), b.scalar(_MASKED, np.float32)])
-        cos, sin = _rotary_tables(self.backbone)
-        self.cos = b.weight(f"{self.prefix}.rotary.cos", cos)
-        self.sin = b.weight(f"{self.prefix}.rotary.sin", sin)
+        self.rotary = {}
+        for key in sorted({k for k in self.rope_keys if k is not None}):
+            cos, sin, long_from = _rotary_tables(self.backbone, key)
+            positions = self.position_ids
+            if long_from is not None:  # LongRoPE: a call reaching long_from reads the long rows
+                start = b.scalar(long_from, np.int64)
+                reached = b.op("GreaterOrEqual", [b.op("ReduceMax", [positions], keepdims=0), start])
+                offset = b.op("Mul", [b.op("Cast", [reached], to=TensorProto.INT64), start])
+                positions = b.op("Add", [positions, offset])
+            self.rotary[key] = (
+                positions,
+                b.weight(f"{self.prefix}.rotary.{key}.cos", cos),
+                b.weight(f"{self.prefix}.rotary.{key}.sin", sin),
+            )
+
+    def embed(self, table: str, input_ids: str, embedding: Any) -> str:
+        """The layers' input: the table's rows, times the embedding module's own scale (Gemma's
+        sqrt(d)) and the multiplier the decoder's forward applies (Granite)."""
+        b = self.b
+        hidden = b.op("Gather", [table, input_ids], axis=0)
+        scale = float(getattr(embedding, "scalar_embed_scale", 1.0))  # what the reference's module applies
+        scale *= self.arch.config_value(self.config, "embedding_multiplier") or 1.0
+        return hidden if scale == 1.0 else b.op("Mul", [hidden, b.scalar(scale, np.float32)])
+
+    def final_logits(self, logits: str) -> str:
+        """The base head's logits as the HF model returns them: Granite divides them, Gemma 2 caps
+        them with tanh. (The shadow head is a plain Linear in shadow-peft: not for its logits.)"""
+        b = self.b
+        divisor = self.arch.config_value(self.config, "logits_divisor")
+        if divisor:
+            logits = b.op("Mul", [logits, b.scalar(1.0 / divisor, np.float32)])
+        cap = self.arch.config_value(self.config, "final_softcap")
+        if cap:
+            capped = b.op("Tanh", [b.op("Mul", [logits, b.scalar(1.0 / cap, np.float32)])])
+            logits = b.op("Mul", [capped, b.scalar(cap, np.float32)])
+        return logits
 
     # ---- per layer ----------------------------------------------------------------------------
-    def linear(self, x: str, modules: list[Any], name: str) -> str:
-        """x @ [W_1 | W_2 | ...] (+ biases): one MatMul for projections that read the same input."""
+    def linear(self, x: str, modules: list[Any], name: str, scale: float = 1.0) -> str:
+        """x @ [W_1 | W_2 | ...] (+ biases), times scale: one MatMul for projections that read the
+        same input."""
         b = self.b
         weight = np.concatenate([_linear_weight(m) for m in modules], axis=1)
+        weight = weight if scale == 1.0 else weight * np.float32(scale)
         out = b.op("MatMul", [x, b.weight(f"{name}.weight", weight)], name=name)
         if any(m.bias is not None for m in modules):
             bias = np.concatenate(
                 [_array(m.bias) if m.bias is not None else np.zeros(m.out_features, np.float32) for m in modules]
             )
-            out = b.op("Add", [out, b.weight(f"{name}.bias", bias)])
+            out = b.op("Add", [out, b.weight(f"{name}.bias", bias * np.float32(scale))])
         return out
 
-    def _head_norm(self, x: str, norm: Any, heads: int, name: str) -> str:
-        """Qwen3's per-head RMSNorm of q or k, [batch, seq, heads * dim]."""
+    def _gamma(self, norm: Any, name: str) -> tuple[str, float]:
+        """A norm's stored scale (Gemma's 1 + w folded in) and its epsilon."""
+        gamma = self.arch.norm_offset + _array(norm.weight)
+        eps = getattr(norm, "variance_epsilon", None) or norm.eps
+        return self.b.weight(f"{name}.weight", gamma), float(eps)
+
+    def _qk_norm(self, x: str, norm: Any, heads: int, name: str) -> str:
+        """RMSNorm of q or k [batch, seq, heads * dim]: per head (Qwen3, Gemma 3) or over the whole
+        projection (OLMo 2)."""
         b = self.b
+        gamma, eps = self._gamma(norm, name)
+        if self.arch.qk_norm == "projection":
+            return b.op("SimplifiedLayerNormalization", [x, gamma], axis=-1, epsilon=eps)
         split = b.op("Reshape", [x, b.ints(0, 0, heads, self.head_dim)])
-        normed = b.op(
-            "SimplifiedLayerNormalization",
-            [split, b.weight(f"{name}.weight", _array(norm.weight))],
-            axis=-1,
-            epsilon=float(norm.variance_epsilon),
-        )
+        normed = b.op("SimplifiedLayerNormalization", [split, gamma], axis=-1, epsilon=eps)
         return b.op("Reshape", [normed, b.ints(0, 0, heads * self.head_dim)])
+
+    def _rope(self, i: int, x: str, heads: int) -> str:
+        key = self.rope_keys[i]
+        if key is None:  # SmolLM3's NoPE layers
+            return x
+        positions, cos, sin = self.rotary[key]
+        rotary_dim = 2 * int(self.b.initializers[cos].dims[1])
+        partial = {"rotary_embedding_dim": rotary_dim} if rotary_dim != self.head_dim else {}
+        return self.b.op("RotaryEmbedding", [x, positions, cos, sin], domain=MS, num_heads=heads, **partial)
 
     def attention(self, i: int, x: str, past: tuple[str, str], present: tuple[str, str]) -> str:
         b, layer = self.b, self.layers[i]
         attn = layer.self_attn
         name = f"{self.prefix}.layers.{i}.attn"
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        qkv = self.linear(x, [attn.q_proj, attn.k_proj, attn.v_proj], f"{name}.qkv_proj")
+        projections = [attn.qkv_proj] if self.arch.packed_qkv else [attn.q_proj, attn.k_proj, attn.v_proj]
+        qkv = self.linear(x, projections, f"{name}.qkv_proj")
         q, k, v = b.op("Split", [qkv, b.ints(q_size, kv_size, kv_size)], 3, axis=-1)
-        if getattr(attn, "q_norm", None) is not None:
-            q = self._head_norm(q, attn.q_norm, self.heads, f"{name}.q_norm")
-            k = self._head_norm(k, attn.k_norm, self.kv_heads, f"{name}.k_norm")
+        if self.arch.qk_norm:
+            q = self._qk_norm(q, attn.q_norm, self.heads, f"{name}.q_norm")
+            k = self._qk_norm(k, attn.k_norm, self.kv_heads, f"{name}.k_norm")
         # rotary here, not in GroupQueryAttention: at decode it takes positions from the cache length,
         # which a left-padded row does not share
-        q = b.op("RotaryEmbedding", [q, self.position_ids, self.cos, self.sin], domain=MS, num_heads=self.heads)
-        k = b.op("RotaryEmbedding", [k, self.position_ids, self.cos, self.sin], domain=MS, num_heads=self.kv_heads)
+        q, k = self._rope(i, q, self.heads), self._rope(i, k, self.kv_heads)
+        softcap = self.arch.config_value(self.config, "attn_softcap")
         # every row is the cache's full length (seqlens); the additive bias masks left padding and
         # sliding windows; grouped query heads read their KV head in place
         out, _, _ = b.op(
@@ -234,39 +293,56 @@ class _Decoder:
             domain=MS,
             num_heads=self.heads,
             kv_num_heads=self.kv_heads,
-            scale=self.scale,
+            scale=float(attn.scaling),
+            **({"softcap": softcap} if softcap else {}),
         )
-        return self.linear(out, [attn.o_proj], f"{name}.o_proj")
+        return self.linear(out, [attn.o_proj], f"{name}.o_proj", self.residual_scale)
 
     def mlp(self, i: int, x: str) -> str:
         b, mlp = self.b, self.layers[i].mlp
         name = f"{self.prefix}.layers.{i}.mlp"
-        size = int(mlp.gate_proj.out_features)
-        gate, up = b.op(
-            "Split",
-            [self.linear(x, [mlp.gate_proj, mlp.up_proj], f"{name}.gate_up_proj"), b.ints(size, size)],
-            2,
-            axis=-1,
-        )
-        silu = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
-        return self.linear(b.op("Mul", [silu, up]), [mlp.down_proj], f"{name}.down_proj")
+        if self.arch.packed_gate_up:
+            packed, size = [mlp.gate_up_proj], int(mlp.gate_up_proj.out_features) // 2
+        else:
+            packed, size = [mlp.gate_proj, mlp.up_proj], int(mlp.gate_proj.out_features)
+        gate, up = b.op("Split", [self.linear(x, packed, f"{name}.gate_up_proj"), b.ints(size, size)], 2, axis=-1)
+        kind = architectures.activation(mlp)
+        if kind == "silu":
+            act = b.op("Mul", [gate, b.op("Sigmoid", [gate])])
+        else:  # FastGelu: the tanh approximation; Gelu: erf
+            act = b.op("FastGelu" if kind == "gelu_tanh" else "Gelu", [gate], domain=MS)
+        return self.linear(b.op("Mul", [act, up]), [mlp.down_proj], f"{name}.down_proj", self.residual_scale)
+
+    def input_norm(self, i: int) -> Any:
+        """Layer i's input norm (None: OLMo 2 normalizes the branch outputs instead)."""
+        return None if self.arch.norms == "post" else self.layers[i].input_layernorm
 
     def norm(self, x: str, norm: Any, name: str, skip: str | None = None) -> tuple[str, str]:
-        """(RMSNorm(x + skip), x + skip); the sum is x itself without skip."""
+        """(RMSNorm(x + skip), x + skip); the sum is x itself without skip; no norm: both the sum."""
         b = self.b
-        gamma = b.weight(f"{self.prefix}.{name}.weight", _array(norm.weight))
-        eps = float(norm.variance_epsilon)
+        if norm is None:
+            total = x if skip is None else b.op("Add", [x, skip])
+            return total, total
+        gamma, eps = self._gamma(norm, f"{self.prefix}.{name}")
         if skip is None:
             return b.op("SimplifiedLayerNormalization", [x, gamma], axis=-1, epsilon=eps), x
         out, _, _, total = b.op("SkipSimplifiedLayerNormalization", [x, skip, gamma], 4, domain=MS, epsilon=eps)
         return out, total
 
     def layer_body(self, i: int, normed: str, residual: str, cache: tuple[list[str], list[str]]) -> tuple[str, str]:
-        """One layer from its normed input; returns (residual after attention, MLP output)."""
+        """One layer from its normed input; returns (residual after attention, MLP branch output)."""
         past, present = cache
+        layer, name = self.layers[i], f"layers.{i}"
         attn = self.attention(i, normed, (past[2 * i], past[2 * i + 1]), (present[2 * i], present[2 * i + 1]))
-        normed, residual = self.norm(residual, self.layers[i].post_attention_layernorm, f"layers.{i}.post_norm", attn)
-        return residual, self.mlp(i, normed)
+        if self.arch.norms == "pre":
+            normed, residual = self.norm(residual, layer.post_attention_layernorm, f"{name}.post_norm", attn)
+            return residual, self.mlp(i, normed)
+        attn = self.norm(attn, layer.post_attention_layernorm, f"{name}.post_attention_norm")[0]
+        if self.arch.norms == "post":  # OLMo 2: the MLP reads the unnormed residual
+            residual = self.b.op("Add", [residual, attn])
+            return residual, self.norm(self.mlp(i, residual), layer.post_feedforward_layernorm, f"{name}.post_ffn")[0]
+        normed, residual = self.norm(residual, layer.pre_feedforward_layernorm, f"{name}.pre_ffn_norm", attn)
+        return residual, self.norm(self.mlp(i, normed), layer.post_feedforward_layernorm, f"{name}.post_ffn")[0]
 
     def run(self, hidden: str, cache: tuple[list[str], list[str]], between=None, adapted: range = range(0)) -> str:
         """All layers; returns the final-normed hidden states. For each layer i in `adapted`,
@@ -275,7 +351,7 @@ class _Decoder:
         normed = residual = ""
         pending: str | None = None  # a layer's MLP output not yet added to the residual
         for i in range(len(self.layers)):
-            norm, name = self.layers[i].input_layernorm, f"layers.{i}.input_norm"
+            norm, name = self.input_norm(i), f"layers.{i}.input_norm"
             if i in adapted:
                 h = hidden if i == 0 else self.b.op("Add", [residual, pending])
                 normed, residual = self.norm(h, norm, name, between(i, h))
@@ -317,10 +393,11 @@ def _last_positions(b: GraphBuilder, hidden: str, keep: str) -> str:
     return b.op("Slice", [hidden, start, b.ints(np.iinfo(np.int64).max), b.ints(1)])
 
 
-def _head(b: GraphBuilder, hidden: str, head: Any, table: str | None, name: str) -> None:
+def _head(b: GraphBuilder, hidden: str, head: Any, table: str | None, name: str, final=None) -> None:
     """logits of hidden [batch, kept, dim]: Gemm(transB=1) on the stored embedding table `table`
     when the head is tied to it (one stored tensor for both), else MatMul on the [dim, vocab]
-    transpose of its weight (plus its bias: classifier heads may have one)."""
+    transpose of its weight (plus its bias: classifier heads may have one); `final(logits)` (a base
+    head's caps and divisors) when given."""
     vocab, dim = head.weight.shape
     flat = b.op("Reshape", [hidden, b.ints(-1, int(dim))])
     if table is not None:
@@ -329,6 +406,7 @@ def _head(b: GraphBuilder, hidden: str, head: Any, table: str | None, name: str)
         logits = b.op("MatMul", [flat, b.weight(f"{name}.weight", _linear_weight(head))], name=name)
     if getattr(head, "bias", None) is not None:
         logits = b.op("Add", [logits, b.weight(f"{name}.bias", _array(head.bias))])
+    logits = final(logits) if final is not None else logits
     shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.ints(0), b.ints(2)]), b.ints(-1)], axis=0)
     b.op("Reshape", [logits, shape], ["logits"])
     b.output("logits", TensorProto.FLOAT, ["batch", "kept_sequence", int(vocab)])
@@ -357,7 +435,7 @@ def _decoder_graph(loaded: ShadowCheckpoint, kind: str, spec: CacheSpec) -> onnx
     io = _graph_io(b, kind, spec, 0)
     decoder = _Decoder(b, model, kind, io["position_ids"])
     decoder.prepare(io["input_ids"], io["attention_mask"])
-    hidden = b.op("Gather", [_table(b, embed), io["input_ids"]], axis=0)
+    hidden = decoder.embed(_table(b, embed), io["input_ids"], embed)
     hidden = decoder.run(hidden, (io["past"], io["present"]))
     if projection is not None:
         hidden = b.op("MatMul", [hidden, b.weight("shadow_hidden_projection.weight", _linear_weight(projection))])
@@ -366,7 +444,8 @@ def _decoder_graph(loaded: ShadowCheckpoint, kind: str, spec: CacheSpec) -> onnx
         width = projection.out_features if projection is not None else embed.embedding_dim
         b.output(SHADOW_STATES, TensorProto.FLOAT, ["batch", "sequence", int(width)])
     else:
-        _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, _tied_table(b, head, embed), "lm_head")
+        final = decoder.final_logits if kind == BASE_LM_GRAPH else None  # shadow heads are plain Linears
+        _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, _tied_table(b, head, embed), "lm_head", final)
     _declare_present(b, spec)
     return b.model()
 
@@ -399,7 +478,7 @@ def _backbone_graph(loaded: ShadowCheckpoint, spec: CacheSpec) -> onnx.ModelProt
     decoder = _Decoder(b, loaded.base_decoder, BACKBONE_GRAPH, io["position_ids"])
     decoder.prepare(io["input_ids"], io["attention_mask"])
     embed = loaded.base_embed
-    hidden = b.op("Gather", [_table(b, embed), io["input_ids"]], axis=0)
+    hidden = decoder.embed(_table(b, embed), io["input_ids"], embed)
     shadow = [io[SHADOW_STATES]]
     norm = adapter.norm
 
@@ -443,7 +522,9 @@ def _backbone_graph(loaded: ShadowCheckpoint, spec: CacheSpec) -> onnx.ModelProt
     adapted = range(adapter.first, adapter.last + 1)
     hidden = decoder.run(hidden, (io["past"], io["present"]), between, adapted)
     head = loaded.heads.attached
-    _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, _tied_table(b, head, embed), "lm_head")
+    table = _tied_table(b, head, embed)
+    final = decoder.final_logits if loaded.task != SEQ_CLS else None  # a classifier's score is read as it is
+    _head(b, _last_positions(b, hidden, io[LOGITS_TO_KEEP]), head, table, "lm_head", final)
     _declare_present(b, spec)
     return b.model()
 

@@ -29,6 +29,7 @@ from ..bundle import (
     CacheSpec,
     TensorSpec,
 )
+from ..errors import ExportError
 from .graphs import (
     GROUPED_ATTENTION,
     BackboneGraph,
@@ -189,9 +190,15 @@ BUILDERS = ("fused", "traced")
 
 def _traced(loaded, kind: str, cache: CacheSpec, hidden: int, opset: int) -> onnx.ModelProto:
     configs = [loaded.base_config, loaded.shadow.decoder.config]
-    module = GRAPH_MODULES[kind](loaded)
-    with attention_implementation(configs, GROUPED_ATTENTION):
-        model = trace_graph(module, kind, cache, hidden, opset)
+    try:
+        module = GRAPH_MODULES[kind](loaded)
+        with attention_implementation(configs, GROUPED_ATTENTION):
+            model = trace_graph(module, kind, cache, hidden, opset)
+    except (RuntimeError, AssertionError, AttributeError, TypeError, ValueError, IndexError) as exc:
+        # a decoder off the architecture table whose modules do not trace (SHADOW_EDGE_DEBUG=1: the traceback)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        model_type = loaded.base_config.model_type
+        raise ExportError(f"cannot trace the {kind} graph of {model_type!r}: {first}") from exc
     if kind != SHADOW_HEAD_GRAPH:
         tie_transposed_heads(model)
     elif module.tied:  # else its MatMul weight is stored like shadow_lm's, and shared with it

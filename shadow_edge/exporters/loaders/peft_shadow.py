@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ...errors import BaseModelError, CheckpointError
-from ..checkpoint import check_architecture, first_line, load_base_model, read_safetensors
+from ..checkpoint import explicit_shadow_config, first_line, load_base_model, read_safetensors
 from . import description as spec  # the words a loader describes its checkpoint in
 
 FORMAT = "peft"
@@ -168,8 +168,6 @@ def _shadow_dir(shadow: str | Path | None, ckpt: Path, config: dict[str, Any]) -
 
 def _shadow_config(shadow_dir: Path) -> tuple[Any, bool]:
     """(the explicit shadow backbone's config, whether it is a projected shadow_peft folder)."""
-    from transformers import AutoConfig
-
     path = shadow_dir / "config.json"
     if not path.is_file():
         raise CheckpointError(f"explicit shadow folder {shadow_dir} has no config.json")
@@ -177,9 +175,7 @@ def _shadow_config(shadow_dir: Path) -> tuple[Any, bool]:
     projected = data.get("model_type") == PROJECTED
     if projected:  # the inner config travels as a dict; parse it, never import the named class
         data = dict(data.get("shadow_model_config") or {})
-    model_type = data.pop("model_type", None)
-    check_architecture(model_type, "explicit shadow architecture")
-    return AutoConfig.for_model(model_type, **data), projected
+    return explicit_shadow_config(data), projected
 
 
 def _mirror_config(base: Any, config: dict[str, Any]) -> Any:

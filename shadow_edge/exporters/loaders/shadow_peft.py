@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ...errors import BaseModelError, CheckpointError
-from ..checkpoint import check_architecture, find_dir, first_line, load_base_model, read_safetensors
+from ..checkpoint import explicit_shadow_config, find_dir, first_line, load_base_model, read_safetensors
 from .description import (
     CAUSAL_LM,
     OUTPUTS,
@@ -73,7 +73,7 @@ def read_checkpoint_files(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any], d
 
 def _explicit_shadow_model(shadow_dir: Path) -> Any:
     """An empty explicit shadow model built from its config.json (its weights are in the adapter)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     path = shadow_dir / "config.json"
     if not path.is_file():
@@ -83,10 +83,7 @@ def _explicit_shadow_model(shadow_dir: Path) -> Any:
         # A projected shadow: the inner model's config travels as a dict; the projection
         # weights are in the adapter (shadow_hidden_projection.weight). Parse, never import.
         data = dict(data.get("shadow_model_config") or {})
-    model_type = data.pop("model_type", None)
-    check_architecture(model_type, "explicit shadow architecture")
-    config = AutoConfig.for_model(model_type, **data)
-    return AutoModelForCausalLM.from_config(config, dtype="float32")
+    return AutoModelForCausalLM.from_config(explicit_shadow_config(data), dtype="float32")
 
 
 def _check_fit(base: Any, config: dict[str, Any], adapter: dict[str, Any], modules: dict[str, Any]) -> None:
