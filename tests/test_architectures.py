@@ -8,9 +8,8 @@ from __future__ import annotations
 import onnx
 import pytest
 from conftest import Exported, export_tiny
-from models import tiny_base, write_checkpoint
+from models import reference_greedy, tiny_base, write_checkpoint
 from test_export import assert_matches_reference, assert_one_line_error
-from test_runtime_generate import reference_greedy
 
 import shadow_edge
 from shadow_edge.bundle import read_manifest
@@ -27,7 +26,7 @@ def arch_exports(tmp_path_factory) -> dict[str, Exported]:
 
 @pytest.fixture(scope="module")
 def arch_references(arch_exports) -> dict:
-    from shadow_edge.exporters.checkpoint import load_checkpoint
+    from shadow_edge.exporters.loaders import load_checkpoint
 
     return {arch: load_checkpoint(exported.checkpoint) for arch, exported in arch_exports.items()}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_smollm2 import _reference_greedy
+from models import assert_greedy_like_reference
 
 import shadow_edge
 from shadow_edge.bundle import read_manifest
@@ -21,9 +21,9 @@ NEW_TOKENS = 16  # the reference recomputes 270M parameters over the whole seque
 
 @pytest.fixture(scope="module")
 def reference(gemma3_export):
-    from shadow_edge.exporters.checkpoint import load_checkpoint
+    from shadow_edge.exporters.loaders import load_checkpoint
 
-    return load_checkpoint(gemma3_export.checkpoint).reference
+    return load_checkpoint(gemma3_export.checkpoint)
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +32,12 @@ def gemma3_int4(gemma3_export, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("gemma3-int4") / "bundle"
     # the GGUF's Q5_0/Q6_K/Q8_0 tensors at 8 bits, its Q4_K ones grid-exact at 4 (README: Gemma 3 270M)
-    return quantize_bundle(gemma3_export.bundle, out, "int4", threads=2, check=False, off_grid="int8").output
+    return quantize_bundle(gemma3_export.bundle, out, "int4", threads=2, off_grid="int8").output
 
 
-# Off in CI: quantizing Gemma 3 270M to int4 takes 260-680 s and 13 GB here, and int4 does not keep all its
-# greedy tokens (top-1 96.7% attached, 98.2% detached with the recipe above; README has the figures).
+# Off in CI: quantizing Gemma 3 270M to int4 takes 260-680 s and 13 GB here. int4 does not keep all its
+# greedy tokens, so the test asserts the agreement it measured (top-1 96.7% attached, 98.2% detached with
+# the recipe above; README has the figures), not equality.
 needs_int4 = pytest.mark.skipif(
     not os.environ.get("SHADOW_EDGE_GEMMA3_INT4"), reason="set SHADOW_EDGE_GEMMA3_INT4=1 (slow, 13 GB)"
 )
@@ -58,15 +59,8 @@ def test_gemma3_bundle_is_fused_and_validates_against_shadow_peft(gemma3_export)
 def _greedy_equals_the_reference(bundle, reference, mode: str) -> None:
     model = shadow_edge.load(bundle, mode=mode, threads=2)
     assert model.encode(PROMPTS[0])[0] == 2  # Gemma's <bos>, which its tokenizer adds
-    # detached: the reference runs the shadow path alone (its attached path would double the cost)
-    reference.set_inference_mode("shadow_only" if mode == "detached" else "base_shadow")
-    try:
-        for prompt in PROMPTS:
-            result = model.generate(prompt, max_new_tokens=NEW_TOKENS, temperature=0.0, eos_token_ids=[])
-            assert result.token_ids == _reference_greedy(reference, model.encode(prompt), NEW_TOKENS, mode), prompt
-            assert result.text == model.tokenizer.decode(result.token_ids)
-    finally:
-        reference.set_inference_mode("base_shadow")
+    # the reference computes only the mode's logits (detached: the shadow path alone)
+    assert_greedy_like_reference(reference, model, PROMPTS, NEW_TOKENS)
 
 
 @pytest.mark.parametrize("mode", ["attached", "detached"])
@@ -75,6 +69,7 @@ def test_gemma3_text_generation_equals_shadow_peft_greedy(gemma3_export, referen
 
 
 @needs_int4
-@pytest.mark.parametrize("mode", ["attached", "detached"])
-def test_gemma3_int4_text_generation_equals_shadow_peft_greedy(gemma3_int4, reference, mode):
-    _greedy_equals_the_reference(gemma3_int4, reference, mode)
+def test_gemma3_int4_keeps_top1_agreement_with_fp32(gemma3_int4):
+    fidelity = read_manifest(gemma3_int4).fidelity
+    for mode in ("attached", "detached"):
+        assert fidelity["modes"][mode]["top1_agreement"] >= 0.95, (mode, fidelity["modes"][mode])
