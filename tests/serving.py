@@ -41,7 +41,7 @@ def serve_command(bundle: Path, *options: str, timeout: float = 60) -> Iterator[
         assert url in line, line + stderr()
         deadline = time.monotonic() + timeout
         while True:
-            with contextlib.suppress(ConnectionError):
+            with contextlib.suppress(OSError):  # URLError: refused until it listens
                 with urllib.request.urlopen(url + "/health", timeout=timeout) as answer:
                     json.load(answer)
                 break
