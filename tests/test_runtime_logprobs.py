@@ -110,3 +110,10 @@ def test_penalised_tokens_and_logprobs_follow_the_processed_logits(model):
 def test_invalid_openai_settings_raise_a_generation_error(model, settings):
     with pytest.raises(GenerationError):
         model.generate(PROMPT, max_new_tokens=2, **settings)
+
+
+@pytest.mark.parametrize("mode", ["cascade", "speculative"])
+def test_modes_without_logprobs_refuse_them(tiny_exports, mode):
+    model = shadow_edge.open(tiny_exports["llama"].bundle, mode=mode, threads=1)
+    with pytest.raises(GenerationError, match="log-probabilities"):
+        model.generate(PROMPT, max_new_tokens=2, logprobs=1)
