@@ -1,11 +1,13 @@
 """shadow-edge: export ShadowPEFT models to ONNX bundles and run them on edge CPUs.
 
     shadow_edge.export(checkpoint, out)         torch side, needs the `export` extra
-    shadow_edge.load(bundle, mode="attached")   torch-free runtime
-    shadow_edge.load_cascade(bundle, remote=None) the detached shadow first, escalating when unsure
-    shadow_edge.load_speculative(bundle)        attached greedy output, the shadow drafting
+    shadow_edge.open(bundle, mode="attached")   torch-free runtime, every mode: attached, detached,
+                                                base, cascade, speculative (runtimes/modes.py)
+    shadow_edge.load(bundle, mode="attached")   the same for the engine modes (attached, detached, base)
+    shadow_edge.load_cascade(bundle, remote=None) = open(bundle, "cascade", ...)
+    shadow_edge.load_speculative(bundle)        = open(bundle, "speculative", ...)
 
-Both are imported lazily so that `import shadow_edge` never pulls in torch.
+All are imported lazily so that `import shadow_edge` never pulls in torch.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ def export(*args: Any, **kwargs: Any):
 
 
 export.__doc__ = "See shadow_edge.exporters.export.export."
+
+
+def open(*args: Any, **kwargs: Any):  # noqa: A001 - the package's verb, as in `shadow_edge.open(bundle)`
+    from .runtimes.modes import open_model
+
+    return open_model(*args, **kwargs)
+
+
+open.__doc__ = "See shadow_edge.runtimes.modes.open_model."
 
 
 def load(*args: Any, **kwargs: Any):

@@ -245,7 +245,7 @@ def test_cli_run_cascade_json_and_errors(tiny_text_export):
     code, stdout, stderr = run(bundle, "--prompt", "the cat", "--cascade", "--escalation-marker", "", "--greedy")
     assert code == 0 and stdout[:-1] == shadow_edge.load(bundle, mode="detached").generate("the cat").text
     assert "served by shadow" in stderr
-    assert_one_line_error([bundle, "--prompt", "a", "--remote", "http://127.0.0.1:9"], "need --cascade")
+    assert_one_line_error([bundle, "--prompt", "a", "--remote", "http://127.0.0.1:9"], "need --mode cascade")
     assert_one_line_error([bundle, "--prompt", "a", "--cascade", "--detached"], "choose one")
     assert_one_line_error(
         [bundle, "--prompt", "a", "--cascade", "--remote", "http://127.0.0.1:9", "--confidence-threshold", "2"],

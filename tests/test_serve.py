@@ -6,11 +6,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
-import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from serving import serve_command
 from typer.testing import CliRunner
 
 import shadow_edge
@@ -247,7 +244,7 @@ BAD = [
     ("/v1/completions", b"\xff\xfe{", 400, None, "not valid JSON"),
     ("/v1/completions", [1, 2], 400, None, "must be a JSON object"),
     ("/v1/completions", {"prompt": "a", "max_tokens": "5"}, 400, "max_tokens", "positive integer"),
-    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "max_tokens", "positive integer"),
+    ("/v1/completions", {"prompt": "a", "max_tokens": 0}, 400, "max_tokens", "0 only with echo"),
     ("/v1/completions", {"prompt": "a", "max_tokens": 65}, 400, "max_tokens", "limit of 64"),
     ("/v1/completions", {"prompt": "a", "temperature": "hot"}, 400, "temperature", "a number"),
     ("/v1/completions", {"prompt": "a", "temperature": True}, 400, "temperature", "a number"),
@@ -255,12 +252,24 @@ BAD = [
     ("/v1/completions", {"prompt": "a", "top_p": 0}, 400, None, "top_p must be in"),
     ("/v1/completions", {"prompt": "a", "stream": "yes"}, 400, "stream", "true or false"),
     ("/v1/completions", {"prompt": "a", "stop": [1]}, 400, "stop", "list of strings"),
-    ("/v1/completions", {"prompt": "a", "n": 2}, 400, "n", "n must be 1"),
-    ("/v1/completions", {"prompt": "a", "logprobs": 3}, 400, "logprobs", "not supported"),
+    ("/v1/completions", {"prompt": "a", "n": 0}, 400, "n", "n must be in 1..16"),
+    ("/v1/completions", {"prompt": "a", "n": 17}, 400, "n", "n must be in 1..16"),
+    ("/v1/completions", {"prompt": "a", "logprobs": 21}, 400, "logprobs", "must be in 0..20"),
+    ("/v1/completions", {"prompt": "a", "logprobs": True}, 400, "logprobs", "an integer"),
+    ("/v1/completions", {"prompt": "a", "best_of": 2}, 400, "best_of", "not supported"),
+    ("/v1/completions", {"prompt": "a", "logit_bias": {"x": 1}}, 400, "logit_bias", "token ids to numbers"),
+    ("/v1/completions", {"prompt": "a", "logit_bias": {"5": 101}}, 400, None, "logit_bias values must be in"),
+    ("/v1/completions", {"prompt": "a", "logit_bias": {"500": 1}}, 400, None, "outside the vocabulary"),
+    ("/v1/completions", {"prompt": "a", "presence_penalty": 3}, 400, None, "presence_penalty must be in"),
+    ("/v1/completions", {"prompt": "a", "n": 2, "stream": True}, 400, None, "a stream gives one choice"),
+    ("/v1/completions", {"prompt": "a", "echo": True, "stream": True}, 400, None, "a stream gives one choice"),
+    ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs", "needs logprobs: true"),
+    ("/v1/chat/completions", {"messages": CHAT, "echo": True}, 400, "echo", "not supported"),
     ("/v1/completions", {"prompt": ""}, 400, "prompt", "empty"),
     ("/v1/completions", {"prompt": []}, 400, "prompt", "empty"),
-    ("/v1/completions", {"prompt": ["a", "b"]}, 400, "prompt", "one prompt per request"),
-    ("/v1/completions", {"prompt": [1, "b"]}, 400, "prompt", "a string or a list of token ids"),
+    ("/v1/completions", {"prompt": ["a", ""]}, 400, "prompt", "empty"),
+    ("/v1/completions", {"prompt": ["a"] * 65}, 400, "prompt", "at most 64 prompts"),
+    ("/v1/completions", {"prompt": [1, "b"]}, 400, "prompt", "a string, a list of token ids"),
     ("/v1/completions", {"max_tokens": 3}, 400, "prompt", "prompt is required"),
     ("/v1/completions", {"prompt": [1, 500]}, 400, None, "token id 500 is outside the vocabulary"),
     ("/v1/completions", {"prompt": [1] * 100, "max_tokens": 40}, 400, None, "exceeds the model's context of 128"),
@@ -432,35 +441,9 @@ def test_serve_on_a_missing_bundle_is_one_line_and_no_traceback(tmp_path):
 
 
 def test_serve_command_answers_on_its_port(tiny_exports, ids_model):
-    with socket.socket() as probe:  # a free port (the command prints the URL it was given)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-c",
-        "from shadow_edge.cli import app; app()",
-        "serve",
-        str(tiny_exports["llama"].bundle),
-    ]
-    command += ["--port", str(port), "--mode", "detached", "--threads", "1", "--max-tokens-limit", "8"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ)
-
-    def stderr() -> str:
-        proc.terminate()
-        return proc.communicate(timeout=60)[1]
-
-    try:
-        assert select.select([proc.stdout], [], [], 60)[0], "the command printed nothing"
-        line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in line, line + stderr()
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(ConnectionError):
-                health = request(url, "GET", "/health")[1]
-                break
-            assert proc.poll() is None and time.monotonic() < deadline, stderr()
-            time.sleep(0.05)
+    bundle = tiny_exports["llama"].bundle
+    with serve_command(bundle, "--mode", "detached", "--threads", "1", "--max-tokens-limit", "8") as (url, _):
+        health = request(url, "GET", "/health")[1]
         assert health["mode"] == "detached" and health["model"] == tiny_exports["llama"].bundle.name
         want = shadow_edge.load(tiny_exports["llama"].bundle, mode="detached").generate([1, 2], max_new_tokens=5)
         assert (
@@ -468,6 +451,3 @@ def test_serve_command_answers_on_its_port(tiny_exports, ids_model):
             == want.token_ids
         )
         assert post(url, "/v1/completions", {"prompt": [1, 2], "max_tokens": 9})[0] == 400
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)

@@ -18,8 +18,20 @@ from ..errors import ShadowEdgeError
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Export ShadowPEFT models to ONNX and run them on edge CPUs."
 )
-console = Console()
-err_console = Console(stderr=True)
+PIPE_WIDTH = 1000  # columns for output that is not a terminal (a table is as wide as its cells need)
+
+
+def make_console(stderr: bool = False) -> Console:
+    """A terminal gets its own width; a pipe or a file would get Rich's 80 columns, which cut table
+    cells to "attac…", so it gets PIPE_WIDTH (unless COLUMNS says otherwise)."""
+    terminal = Console(stderr=stderr)
+    if terminal.is_terminal or "COLUMNS" in os.environ:
+        return terminal
+    return Console(stderr=stderr, width=PIPE_WIDTH)
+
+
+console = make_console()
+err_console = make_console(stderr=True)
 
 
 DEBUG_VARIABLE = "SHADOW_EDGE_DEBUG"

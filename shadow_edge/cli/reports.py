@@ -51,7 +51,9 @@ def print_manifest(bundle: Path) -> None:
         _free_form("fidelity", print_fidelity, m.fidelity)
     if "shadow_head" in m.graphs:
         policy = {k: v for k, v in m.escalation.items() if v is not None}
-        console.print(f"cascade: yes (`run --cascade`); escalation defaults: {json.dumps(policy)}", highlight=False)
+        console.print(
+            f"cascade: yes (`run --mode cascade`); escalation defaults: {json.dumps(policy)}", highlight=False
+        )
     _free_form("validation", _print_validation, m)
 
 

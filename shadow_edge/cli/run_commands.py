@@ -12,6 +12,8 @@ from rich.markup import escape
 
 from .common import app, console, err_console, fail, friendly_errors, warn
 
+MODE_HELP = "attached, detached, base, cascade (shadow first, escalating when unsure) or speculative"
+ModeOption = Annotated[str | None, typer.Option(help=f"{MODE_HELP} (default: attached)")]
 RemoteApiKey = Annotated[
     str | None,
     typer.Option(envvar="SHADOW_EDGE_REMOTE_API_KEY", show_envvar=True, help="--remote's API key (Bearer)"),
@@ -25,27 +27,26 @@ def run(
     prompt: Annotated[str | None, typer.Option(help="prompt text (the user message with --chat)")] = None,
     prompt_ids: Annotated[str | None, typer.Option(help="prompt token ids, e.g. 1,2,3")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="use the chat template; interactive without --prompt")] = False,
-    detached: Annotated[bool, typer.Option("--detached", help="shadow network only (no backbone)")] = False,
-    cascade: Annotated[
-        bool, typer.Option("--cascade", help="shadow first; escalate to attached (or --remote) when unsure")
-    ] = False,
-    speculative: Annotated[
-        bool, typer.Option("--speculative", help="attached greedy output, the shadow drafting (speculative.py)")
-    ] = False,
-    draft_tokens: Annotated[int, typer.Option(min=1, help="--speculative: most tokens drafted per backbone pass")] = 4,
-    remote: Annotated[str | None, typer.Option(help="--cascade: OpenAI-compatible server to escalate to")] = None,
+    mode: ModeOption = None,
+    detached: Annotated[bool, typer.Option("--detached", help="= --mode detached")] = False,
+    cascade: Annotated[bool, typer.Option("--cascade", help="= --mode cascade")] = False,
+    speculative: Annotated[bool, typer.Option("--speculative", help="= --mode speculative")] = False,
+    draft_tokens: Annotated[
+        int | None, typer.Option(min=1, help="--mode speculative: most tokens drafted per backbone pass (4)")
+    ] = None,
+    remote: Annotated[str | None, typer.Option(help="--mode cascade: OpenAI-compatible server to escalate to")] = None,
     remote_api_key: RemoteApiKey = None,
     confidence_threshold: Annotated[
-        float | None, typer.Option(min=0.0, help="--cascade: escalate if a first token's top-1 prob is below")
+        float | None, typer.Option(min=0.0, help="--mode cascade: escalate if a first token's top-1 prob is below")
     ] = None,
     escalation_marker: Annotated[
-        str | None, typer.Option(help="--cascade: escalate when the shadow says this ('' = off)")
+        str | None, typer.Option(help="--mode cascade: escalate when the shadow says this ('' = off)")
     ] = None,
     escalation_window: Annotated[
-        int | None, typer.Option(min=1, help="--cascade: how many first tokens the rules look at")
+        int | None, typer.Option(min=1, help="--mode cascade: how many first tokens the rules look at")
     ] = None,
     max_mean_entropy: Annotated[
-        float | None, typer.Option(min=0.0, help="--cascade: escalate above this mean entropy (nats)")
+        float | None, typer.Option(min=0.0, help="--mode cascade: escalate above this mean entropy (nats)")
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="default: the bundle's, within the context")] = None,
     greedy: Annotated[bool, typer.Option("--greedy", help="argmax decoding (temperature 0)")] = False,
@@ -63,7 +64,7 @@ def run(
     """Generate from a bundle: stream text (or token ids) to stdout, stats to stderr."""
     from ..errors import GenerationError
     from ..runtimes.generate import parse_token_ids
-    from ..runtimes.model import load
+    from ..runtimes.modes import open_model
 
     sources = [name for name, given in (("--prompt", prompt), ("--prompt-ids", prompt_ids)) if given is not None]
     if len(sources) > 1 or (chat and prompt_ids is not None):
@@ -82,10 +83,16 @@ def run(
         window=escalation_window,
         max_mean_entropy=max_mean_entropy,
     )
-    if sum((cascade, detached, speculative)) > 1:
-        raise GenerationError("--cascade, --detached and --speculative are different modes: choose one")
-    if not cascade and any(v is not None for v in policy.values()):
-        raise GenerationError("--remote and the escalation options need --cascade")
+    # the old flags are aliases of --mode
+    chosen = [m for m, given in (("detached", detached), ("cascade", cascade), ("speculative", speculative)) if given]
+    chosen += [mode] if mode is not None else []
+    if len(set(chosen)) > 1:
+        raise GenerationError(f"{', '.join(chosen)} are different modes: choose one with --mode")
+    mode = chosen[0] if chosen else "attached"
+    if mode != "cascade" and any(v is not None for v in policy.values()):
+        raise GenerationError("--remote and the escalation options need --mode cascade")
+    if mode != "speculative" and draft_tokens is not None:
+        raise GenerationError("--draft-tokens needs --mode speculative")
     flags = dict(
         max_new_tokens=max_new_tokens,
         temperature=0.0 if greedy else temperature,
@@ -100,16 +107,8 @@ def run(
     if interactive and as_json:
         raise GenerationError("--json needs --prompt with --chat (the interactive chat streams text)")
     opened = dict(threads=threads, verify="size" if no_verify else "hash", prepack=not low_memory)
-    if cascade:
-        from ..runtimes.cascade import load_cascade
-
-        model = load_cascade(bundle, **opened, **policy, remote_api_key=remote_api_key)
-    elif speculative:
-        from ..runtimes.speculative import load_speculative
-
-        model = load_speculative(bundle, draft_tokens=draft_tokens, **opened)
-    else:
-        model = load(bundle, mode="detached" if detached else "attached", **opened)
+    cascade_options = dict(policy, remote_api_key=remote_api_key) if mode == "cascade" else {}
+    model = open_model(bundle, mode, draft_tokens=draft_tokens, **opened, **cascade_options)
     if no_verify:  # once the sizes passed: what follows is not checked
         warn("--no-verify: weights are not checked against their sha256; corrupt ones may give wrong tokens")
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
@@ -217,7 +216,7 @@ def serve(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-    mode: Annotated[str, typer.Option(help="attached, detached, base or cascade")] = "attached",
+    mode: Annotated[str, typer.Option(help=MODE_HELP)] = "attached",
     remote: Annotated[str | None, typer.Option(help="--mode cascade: server to escalate to")] = None,
     remote_api_key: RemoteApiKey = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
@@ -238,7 +237,7 @@ def serve(
     ] = None,
 ) -> None:
     """Serve a bundle over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions)."""
-    from ..runtimes.model import MODES, load
+    from ..runtimes.modes import ALL_MODES, open_model
 
     threads = _threads(threads)
     try:
@@ -248,16 +247,13 @@ def serve(
     from ..runtimes.server_guard import exposure
 
     exposure(host, api_key, allow_no_auth)  # refused before the model loads; the server prints the warning
-    if mode not in (*MODES, "cascade"):
-        fail(f"--mode must be one of {', '.join(MODES)} or cascade, got {mode!r}")
+    if mode not in ALL_MODES:
+        fail(f"--mode must be one of {', '.join(ALL_MODES)}, got {mode!r}")
     if remote is not None and mode != "cascade":
         fail("--remote needs --mode cascade")
-    if mode == "cascade":  # a device-side server: the shadow answers, escalating per the bundle's policy
-        from ..runtimes.cascade import load_cascade
-
-        model = load_cascade(bundle, remote=remote, threads=threads, remote_api_key=remote_api_key)
-    else:
-        model = load(bundle, mode=mode, threads=threads)
+    # cascade: a device-side server where the shadow answers, escalating per the bundle's policy
+    remote_options = dict(remote=remote, remote_api_key=remote_api_key) if mode == "cascade" else {}
+    model = open_model(bundle, mode, threads=threads, **remote_options)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     line = f"serving {escape(str(bundle))} ({model.mode}) at {url}/v1 (Ctrl-C stops)"
     console.print(line, highlight=False, soft_wrap=True)

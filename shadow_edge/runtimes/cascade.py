@@ -180,6 +180,12 @@ class CascadeModel(ShadowEdgeModel):
         to = self.remote.url if self.remote else "attached on this device"
         return f"CascadeModel({str(self.root)!r}, escalates to {to}, policy={self.policy})"
 
+    def config(self, **overrides) -> GenerationConfig:
+        """As ShadowEdgeModel's; without log-probabilities, which a remote's answer does not carry."""
+        if overrides.get("logprobs") is not None:
+            raise GenerationError("the cascade gives no log-probabilities: load the bundle in one mode for them")
+        return super().config(**overrides)
+
     def stream(self, prompt: str | Sequence[int], **settings) -> CascadeStream:
         """The answer token by token; the stream's served_by/escalated/reason tell who gave it."""
         return CascadeStream(self, self.encode(prompt), prompt, self.config(**settings))

@@ -8,6 +8,9 @@ A row finishes on an EOS id ("eos", the id is kept in token_ids, its text is not
 string ("stop", the text ends before the stop string, token_ids end with the token that
 completed it) or after max_new_tokens ("length"). Rows of a batch finish independently; a
 finished row's cache keeps being fed until the whole batch is done, its tokens are dropped.
+
+With `logprobs` set, each Response also carries its token's log-probability and the `logprobs`
+most probable alternatives, from the same processed logits the sampler drew from (sampling.py).
 """
 
 from __future__ import annotations
@@ -26,13 +29,18 @@ from .engine import Engine, left_pad
 from .sampling import (
     LogitsProcessor,
     Sampler,
+    check_penalties,
     check_seed,
     check_settings,
+    log_softmax,
     make_logits_processors,
     make_sampler,
     seeded_generators,
+    top_logprobs,
 )
 from .tokenizer import StreamDecoder, Tokenizer
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 
 
 @dataclass
@@ -47,6 +55,10 @@ class GenerationConfig:
     seed: int | None = None  # same seed, same tokens; each row of a batch uses it alone
     stop: list[str] = field(default_factory=list)
     eos_token_ids: list[int] | None = None  # None: the bundle's; [] never stops on EOS
+    presence_penalty: float = 0.0  # OpenAI's, over generated tokens; 0 = off
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    logprobs: int | None = None  # None: off; k: each token's log-probability and the k best
 
 
 @dataclass
@@ -62,6 +74,8 @@ class Response:
     decode_tok_per_s: float  # tokens after the first, per second of decoding
     peak_rss_mb: float
     finish_reason: str | None = None  # "eos" | "stop" | "length" on a row's last response
+    logprob: float | None = None  # with GenerationConfig.logprobs: this token's
+    top_logprobs: list[tuple[int, float]] | None = None  # (token id, log-probability), best first
 
     def summary(self) -> str:
         return (
@@ -81,6 +95,8 @@ class GenerationResult:
     decode_tok_per_s: float
     peak_rss_mb: float
     finish_reason: str
+    logprobs: list[float] | None = None  # per generated token, with GenerationConfig.logprobs
+    top_logprobs: list[list[tuple[int, float]]] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,6 +158,15 @@ def resolve_max_new_tokens(requested: int | None, default: int, longest_prompt: 
     return int(requested)
 
 
+@dataclass
+class Step:
+    """One step of a token stream: the token of every row [batch] and, when asked for, the
+    log-probabilities [batch, vocab] of the processed logits they were sampled from."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray | None = None
+
+
 def step_tokens(
     engine: Engine,
     prompts: Sequence[Sequence[int]],
@@ -149,8 +174,9 @@ def step_tokens(
     processors: Sequence[LogitsProcessor],
     rngs: Sequence[np.random.Generator],
     pad_id: int,
-) -> Iterator[np.ndarray]:
-    """Yields the next token of every row, [batch] int64, forever; the caller stops it."""
+    with_logprobs: bool = False,
+) -> Iterator[Step]:
+    """Yields the next token of every row, forever; the caller stops it."""
     ids, mask = left_pad(prompts, pad_id)
     seqs = engine.start(len(prompts))
     histories = [np.asarray(row, dtype=np.int64) for row in prompts]
@@ -159,23 +185,42 @@ def step_tokens(
         for process in processors:
             logits = process(histories, logits)
         tokens = sampler(logits, rngs)
-        yield tokens
+        yield Step(tokens, log_softmax(logits) if with_logprobs else None)
         histories = [np.append(h, t) for h, t in zip(histories, tokens, strict=True)]
         logits = engine.forward(seqs, tokens[:, None], keep=1)[:, -1]
 
 
 def sampled_tokens(
     engine: Engine, prompts: Sequence[Sequence[int]], config: GenerationConfig, pad_id: int
-) -> Iterator[np.ndarray]:
+) -> Iterator[Step]:
     """step_tokens with the sampler, processors and generators the config asks for."""
     return step_tokens(
         engine,
         prompts,
         make_sampler(config.temperature, config.top_k, config.top_p),
-        make_logits_processors(config.repetition_penalty),
+        config_processors(config, prompts),
         seeded_generators(config.seed, len(prompts)),
         pad_id,
+        with_logprobs=config.logprobs is not None,
     )
+
+
+def config_processors(config: GenerationConfig, prompts: Sequence[Sequence[int]]) -> list[LogitsProcessor]:
+    return make_logits_processors(
+        config.repetition_penalty,
+        config.presence_penalty,
+        config.frequency_penalty,
+        config.logit_bias,
+        [len(p) for p in prompts],
+    )
+
+
+def prompt_logprobs(logits: np.ndarray, ids: Sequence[int], top: int) -> list[tuple[float, list] | None]:
+    """Per prompt token, (its log-probability, the `top` best alternatives) given the tokens before
+    it, from the logits [seq, vocab] of one pass over the prompt; None for the first token, which
+    nothing predicts (as OpenAI's echo gives it)."""
+    logprobs = log_softmax(logits[:-1])
+    return [None] + [(float(lp[t]), top_logprobs(lp, top)) for lp, t in zip(logprobs, ids[1:], strict=True)]
 
 
 class _StopStrings:
@@ -239,11 +284,12 @@ def stream_rows(
     default_max_new_tokens: int,
     default_eos: Sequence[int],
     pad_id: int,
-    token_stream: Callable[[Sequence[Sequence[int]], GenerationConfig, int], Iterator[np.ndarray]] | None = None,
+    token_stream: Callable[[Sequence[Sequence[int]], GenerationConfig, int], Iterator[Step | np.ndarray]] | None = None,
 ) -> Iterator[Response]:
     """Checks the request at once, then returns the stream of Responses of every row.
     token_stream(prompts, config, pad_id): the next token of every row, forever (default:
-    sampled_tokens on `engine`; speculative.py drafts and verifies instead)."""
+    sampled_tokens on `engine`; speculative.py drafts and verifies instead), as Steps, or plain
+    token arrays when it gives no log-probabilities."""
     model = engine.model
     check_prompts(prompts, model.vocab_size, model.max_position_embeddings)
     longest = max(len(p) for p in prompts)
@@ -252,30 +298,43 @@ def stream_rows(
     )
     check_settings(config.temperature, config.top_k, config.top_p, config.repetition_penalty)
     check_seed(config.seed)
+    check_penalties(config.presence_penalty, config.frequency_penalty, config.logit_bias, model.vocab_size)
+    if config.logprobs is not None and not 0 <= config.logprobs <= MAX_TOP_LOGPROBS:
+        raise GenerationError(
+            f"logprobs must be in 0..{MAX_TOP_LOGPROBS} (alternatives per token), got {config.logprobs}"
+        )
     if config.stop and tokenizer is None:
         raise GenerationError("stop strings need a bundle with a tokenizer; this one takes token ids only")
     eos = set(default_eos if config.eos_token_ids is None else config.eos_token_ids)
     # the stream knows how many tokens it may still give (speculative drafts no more than that)
     steps = (token_stream or partial(sampled_tokens, engine))(prompts, replace(config, max_new_tokens=max_new), pad_id)
     rows = [_Row(tokenizer, config.stop, eos, len(p)) for p in prompts]
-    return _responses(steps, rows, max_new)
+    return _responses(steps, rows, max_new, config.logprobs)
 
 
-def _responses(steps: Iterator[np.ndarray], rows: list[_Row], max_new: int) -> Iterator[Response]:
+def _responses(
+    steps: Iterator[Step | np.ndarray], rows: list[_Row], max_new: int, top: int | None
+) -> Iterator[Response]:
     started = time.perf_counter()
     prefill_s = 0.0
     try:
-        for step, tokens in enumerate(steps):
+        for step, out in enumerate(steps):
+            out = out if isinstance(out, Step) else Step(out)
+            if top is not None and out.logprobs is None:
+                raise GenerationError("this mode does not give log-probabilities")
             now = time.perf_counter()
             if step == 0:
                 prefill_s = now - started
             decode_s = now - started - prefill_s
             rate = step / decode_s if decode_s > 0 else 0.0
             rss = peak_rss_mb()  # once a step: reading /proc is ~20 us, 2% of a detached int4 token
-            for index, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            for index, (row, token) in enumerate(zip(rows, out.tokens.tolist(), strict=True)):
                 if row.finish_reason is not None:
                     continue
                 text = row.add(token, max_new)
+                logprob, best = None, None
+                if out.logprobs is not None and top is not None:
+                    logprob, best = float(out.logprobs[index, token]), top_logprobs(out.logprobs[index], top)
                 yield Response(
                     index=index,
                     token=token,
@@ -286,6 +345,8 @@ def _responses(steps: Iterator[np.ndarray], rows: list[_Row], max_new: int) -> I
                     decode_tok_per_s=rate,
                     peak_rss_mb=rss,
                     finish_reason=row.finish_reason,
+                    logprob=logprob,
+                    top_logprobs=best,
                 )
             if all(row.finish_reason is not None for row in rows):
                 return
@@ -298,10 +359,15 @@ def collect(responses: Iterator[Response], batch: int, mode: str, has_text: bool
     tokens: list[list[int]] = [[] for _ in range(batch)]
     texts = [[] for _ in range(batch)]
     last: list[Response | None] = [None] * batch
+    logprobs: list[list[float]] = [[] for _ in range(batch)]
+    tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(batch)]
     for r in responses:
         tokens[r.index].append(r.token)
         texts[r.index].append(r.text)
         last[r.index] = r
+        if r.logprob is not None:
+            logprobs[r.index].append(r.logprob)
+            tops[r.index].append(r.top_logprobs or [])
     results = []
     for b in range(batch):
         r = last[b]
@@ -317,6 +383,8 @@ def collect(responses: Iterator[Response], batch: int, mode: str, has_text: bool
                 decode_tok_per_s=r.decode_tok_per_s,
                 peak_rss_mb=r.peak_rss_mb,
                 finish_reason=r.finish_reason,
+                logprobs=logprobs[b] if r.logprob is not None else None,
+                top_logprobs=tops[b] if r.logprob is not None else None,
             )
         )
     return results

@@ -7,6 +7,8 @@
     model.generate_batch([[1, 2, 3], [4, 5]])      # left-padded, same tokens as one by one
     model.logits([1, 2, 3])                         # [seq, vocab], for tests and evaluation
     model.classify(["great movie", [1, 2, 3]])      # classifier bundles: label, logits, probs per input
+    model.prompt_logprobs("Hello world", top=1)     # per prompt token: (logprob, best), first None
+    model.generate("Hi", logprobs=2).logprobs       # each generated token's, and 2 alternatives
 
 load() checks the manifest (format and version) and the size and sha256 of every file the mode
 needs (verify="size" skips the hashes, for a bundle already checked), and creates sessions only
@@ -44,7 +46,15 @@ from ..bundle import (
 from ..errors import BundleError, GenerationError
 from .classify import Classification, classify_rows, refuse_generation
 from .engine import Engine
-from .generate import GenerationConfig, GenerationResult, Response, check_prompts, collect, stream_rows
+from .generate import (
+    GenerationConfig,
+    GenerationResult,
+    Response,
+    check_prompts,
+    collect,
+    prompt_logprobs,
+    stream_rows,
+)
 from .sessions import GraphRunner, session_options
 from .tokenizer import Message, Tokenizer
 
@@ -221,6 +231,12 @@ class ShadowEdgeModel:
         check_prompts([ids], self.manifest.model.vocab_size, self.context_length + 1)
         seqs = self.engine.start(1)
         return self.engine.forward(seqs, np.asarray([ids], dtype=np.int64), keep=0)[0]
+
+    def prompt_logprobs(self, prompt: str | Sequence[int], top: int = 0) -> list[tuple[float, list] | None]:
+        """Per prompt token, (log-probability, the `top` best (id, log-probability)) given the tokens
+        before it; None for the first. One pass; what loglikelihood evaluation sums."""
+        ids = self.encode(prompt)
+        return prompt_logprobs(self.logits(ids), ids, top)
 
     def stream_batch(self, prompts: Sequence[str | Sequence[int]], **settings) -> Iterator[Response]:
         """Responses of every row (Response.index) as tokens are produced; checks the request first."""

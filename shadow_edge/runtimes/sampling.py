@@ -4,8 +4,12 @@
     sampler(logits, rngs) -> token ids         logits [batch, vocab]; rngs: one np.random.Generator per row
 
 Temperature 0 means argmax and ignores the generators. Otherwise the order is that of
-transformers: repetition penalty, temperature, top-k, top-p, then one draw per row from its own
-generator, so that a row's tokens never depend on the other rows of its batch.
+transformers: the processors (repetition penalty, then OpenAI's presence and frequency penalties
+and logit_bias), temperature, top-k, top-p, then one draw per row from its own generator, so that
+a row's tokens never depend on the other rows of its batch.
+
+Log-probabilities (`log_softmax`) are those of the processed logits, before temperature, top-k and
+top-p: at temperature 0 without processors, the model's own.
 """
 
 from __future__ import annotations
@@ -30,6 +34,22 @@ def check_settings(temperature: float, top_k: int, top_p: float, repetition_pena
         raise GenerationError(f"top_p must be in (0, 1] (1 = off), got {top_p}")
     if not (np.isfinite(repetition_penalty) and repetition_penalty > 0):
         raise GenerationError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty}")
+
+
+MAX_PENALTY = 2.0  # OpenAI's range for presence_penalty and frequency_penalty
+MAX_LOGIT_BIAS = 100.0
+
+
+def check_penalties(presence: float, frequency: float, logit_bias: dict[int, float] | None, vocab_size: int) -> None:
+    """Raise a GenerationError naming the first invalid OpenAI-style penalty or bias."""
+    for name, value in (("presence_penalty", presence), ("frequency_penalty", frequency)):
+        if not (np.isfinite(value) and abs(value) <= MAX_PENALTY):
+            raise GenerationError(f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}] (0 = off), got {value}")
+    for token, bias in (logit_bias or {}).items():
+        if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < vocab_size:
+            raise GenerationError(f"logit_bias token id {token!r} is outside the vocabulary (0..{vocab_size - 1})")
+        if not (np.isfinite(bias) and abs(bias) <= MAX_LOGIT_BIAS):
+            raise GenerationError(f"logit_bias values must be in [-100, 100], got {bias} for token {token}")
 
 
 def check_seed(seed: int | None) -> None:
@@ -90,8 +110,65 @@ def make_repetition_penalty(penalty: float, context_size: int | None = None) -> 
     return process
 
 
-def make_logits_processors(repetition_penalty: float = 1.0) -> list[LogitsProcessor]:
-    return [] if repetition_penalty == 1.0 else [make_repetition_penalty(repetition_penalty)]
+def make_openai_penalties(presence: float, frequency: float, prompt_lengths: Sequence[int]) -> LogitsProcessor:
+    """OpenAI's penalties over the tokens generated so far (not the prompt, as vLLM counts them):
+    logit -= frequency * count + presence * (count > 0)."""
+
+    def process(histories: Sequence[np.ndarray], logits: np.ndarray) -> np.ndarray:
+        logits = logits.copy()
+        for row, (history, skip) in enumerate(zip(histories, prompt_lengths, strict=True)):
+            seen, counts = np.unique(history[skip:], return_counts=True)
+            logits[row, seen] -= frequency * counts + presence
+        return logits
+
+    return process
+
+
+def make_logit_bias(bias: dict[int, float]) -> LogitsProcessor:
+    """OpenAI's logit_bias: added to the logits of the given token ids."""
+    ids = np.fromiter(bias, dtype=np.int64)
+    values = np.array([bias[i] for i in bias], dtype=np.float32)
+
+    def process(histories: Sequence[np.ndarray], logits: np.ndarray) -> np.ndarray:
+        logits = logits.copy()
+        logits[:, ids] += values
+        return logits
+
+    return process
+
+
+def make_logits_processors(
+    repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: dict[int, float] | None = None,
+    prompt_lengths: Sequence[int] = (),
+) -> list[LogitsProcessor]:
+    """The processors the settings ask for, in the order they apply; none at their "off" values.
+    prompt_lengths: per row, for the OpenAI penalties, which count generated tokens only."""
+    processors = [] if repetition_penalty == 1.0 else [make_repetition_penalty(repetition_penalty)]
+    if presence_penalty or frequency_penalty:
+        processors.append(make_openai_penalties(presence_penalty, frequency_penalty, prompt_lengths))
+    if logit_bias:
+        processors.append(make_logit_bias(logit_bias))
+    return processors
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log-probabilities over the last axis, in float64 (sums of many stay exact enough)."""
+    scaled = np.asarray(logits, dtype=np.float64)
+    shifted = scaled - scaled.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_logprobs(logprobs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k most probable (token id, log-probability) of one position [vocab], best first."""
+    if k <= 0:
+        return []
+    k = min(k, logprobs.shape[-1])
+    best = np.argpartition(-logprobs, k - 1)[:k]
+    best = best[np.argsort(-logprobs[best], kind="stable")]
+    return [(int(t), float(logprobs[t])) for t in best]
 
 
 def seeded_generators(seed: int | None, batch: int) -> list[np.random.Generator]:

@@ -2,14 +2,18 @@
 
     GET  /health                 status, mode, model name, context length, generations running/waiting
     GET  /v1/models              the one model served
-    POST /v1/completions         prompt: text or token ids
+    POST /v1/completions         prompt: text or token ids, or a batch (a list of either)
     POST /v1/chat/completions    messages, rendered with the bundle's chat template
     POST /classify (/v1/classify)  classifier bundles, in vLLM's shape: {"input": text | [texts] | ids
                                  | [ids]} -> {"data": [{index, label, probs, num_classes}], "usage"}
 
 Requests and responses follow OpenAI's schema; `stream: true` answers with server-sent events
 (`data: {chunk}` ... `data: [DONE]`). Settings that a request leaves out take the bundle's defaults
-(temperature 0 = greedy); `top_k` and `repetition_penalty` are accepted as extras. As vLLM does,
+(temperature 0 = greedy); `top_k` and `repetition_penalty` are accepted as extras. `n` choices
+per prompt, `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs` (+ `top_logprobs` in
+chat) and, in completions, `echo` (the prompt's tokens scored too, what lm-eval-harness's
+loglikelihood reads; `max_tokens: 0` then scores the prompt alone) follow OpenAI; a stream gives
+one choice of one prompt, without echo. Log-probabilities: openai_logprobs.py. As vLLM does,
 `"return_token_ids": true` adds `token_ids` to each choice (each chunk's own ids when streaming):
 the cascade's remote escalation compares tokens exactly with it. A bundle without a tokenizer takes
 token ids and always returns them. When the model's result (or stream) says who served it, as a
@@ -48,7 +52,8 @@ from starlette.types import Receive, Scope, Send
 from ..errors import GenerationError, ShadowEdgeError
 from ..manifest_schema import nesting_depth
 from . import server_guard
-from .generate import GenerationResult, Response
+from .generate import MAX_TOP_LOGPROBS, GenerationResult, Response
+from .openai_logprobs import Entry, chat_logprobs, completion_logprobs, generated_entries, prompt_entries
 from .server_guard import REQUEST_TIMEOUT, ApiError
 
 log = logging.getLogger(__name__)
@@ -65,21 +70,18 @@ MAX_JSON_DEPTH = 16  # requests nest 4 deep (messages, content parts); Python's 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the runtime's -> OpenAI's
 CASCADE_FIELDS = ("escalated", "served_by", "reason")
 NUMBER = (int, float)
+MAX_N = 16  # choices per prompt
+MAX_PROMPTS = 64  # prompts in one /v1/completions batch
 
 # OpenAI features this server does not implement: refused when asked for (rather than silently
 # ignored), accepted at their "off" value, which some clients send explicitly.
 UNSUPPORTED_UNLESS = {
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "echo": (None, False),
     "suffix": (None, ""),
     "best_of": (None, 1),
-    "logit_bias": (None, {}),
-    "frequency_penalty": (None, 0),
-    "presence_penalty": (None, 0),
     "tools": (None, []),
     "response_format": (None, {"type": "text"}),
 }
+CHAT_UNSUPPORTED_UNLESS = {"echo": (None, False)}  # OpenAI's chat has no echo
 
 
 class ServedModel(Protocol):
@@ -92,6 +94,7 @@ class ServedModel(Protocol):
     def encode_chat(self, messages: Sequence[dict[str, str]]) -> list[int]: ...
     def stream(self, prompt: str | Sequence[int], **settings: Any) -> Iterator[Response]: ...
     def generate(self, prompt: str | Sequence[int], **settings: Any) -> GenerationResult: ...
+    def prompt_logprobs(self, prompt: str | Sequence[int], top: int = 0) -> list[tuple[float, list] | None]: ...
 
 
 def _classify_inputs(body: Any) -> list[str | list[int]]:
@@ -114,13 +117,20 @@ def _classify_inputs(body: Any) -> list[str | list[int]]:
 @dataclass
 class ParsedRequest:
     chat: bool
-    prompt: str | list[int] | None  # completions
+    prompts: list[str | list[int]] | None  # completions: one or a batch
     messages: list[dict[str, str]] | None  # chat
-    max_tokens: int | None
+    max_tokens: int | None  # 0: echo the prompt only
     settings: dict[str, Any]  # GenerationConfig fields the request sets (max_new_tokens aside)
     stream: bool
     include_usage: bool
     return_token_ids: bool
+    n: int = 1
+    echo: bool = False
+
+    @property
+    def logprobs(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return self.settings.get("logprobs")
 
 
 def _get(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str, param: str | None = None) -> Any:
@@ -138,17 +148,20 @@ def parse_request(body: Any, chat: bool, max_tokens_limit: int) -> ParsedRequest
     sampling ranges) with the same messages as the CLI."""
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
-    for name, off in UNSUPPORTED_UNLESS.items():
+    for name, off in (UNSUPPORTED_UNLESS | (CHAT_UNSUPPORTED_UNLESS if chat else {})).items():
         if body.get(name) not in off:
             raise ApiError(400, f"{name} is not supported by this server", param=name, code="unsupported")
     _get(body, "model", (str,), "a string")  # any name is accepted: there is one model
-    if _get(body, "n", (int,), "an integer") not in (None, 1):
-        raise ApiError(400, "n must be 1: this server generates one choice per request", param="n")
+    n = _get(body, "n", (int,), "an integer")
+    n = 1 if n is None else n
+    if not 1 <= n <= MAX_N:
+        raise ApiError(400, f"n must be in 1..{MAX_N}, got {n}", param="n")
+    echo = not chat and bool(_get(body, "echo", (bool,), "true or false"))
     names = ("max_completion_tokens", "max_tokens") if chat else ("max_tokens",)
     given = [(n, _get(body, n, (int,), "a positive integer")) for n in names]
     param, max_tokens = next(((n, v) for n, v in given if v is not None), ("max_tokens", None))
-    if max_tokens is not None and max_tokens < 1:
-        raise ApiError(400, f"{param} must be a positive integer, got {max_tokens}", param=param)
+    if max_tokens is not None and max_tokens < (0 if echo else 1):
+        raise ApiError(400, f"{param} must be a positive integer (0 only with echo), got {max_tokens}", param=param)
     if max_tokens is not None and max_tokens > max_tokens_limit:
         raise ApiError(400, f"{param} ({max_tokens}) exceeds this server's limit of {max_tokens_limit}", param=param)
     settings: dict[str, Any] = {}
@@ -158,6 +171,8 @@ def parse_request(body: Any, chat: bool, max_tokens_limit: int) -> ParsedRequest
         ("top_k", (int,), "an integer"),
         ("repetition_penalty", NUMBER, "a number"),
         ("seed", (int,), "an integer"),
+        ("presence_penalty", NUMBER, "a number"),
+        ("frequency_penalty", NUMBER, "a number"),
     ):
         value = _get(body, name, kinds, what)
         if value is not None:
@@ -169,33 +184,75 @@ def parse_request(body: Any, chat: bool, max_tokens_limit: int) -> ParsedRequest
         raise ApiError(400, "stop must be a string or a list of strings", param="stop")
     if stop:
         settings["stop"] = [stop] if isinstance(stop, str) else stop
+    bias = _logit_bias(body)
+    if bias:
+        settings["logit_bias"] = bias
+    logprobs = _logprobs(body, chat)
+    if logprobs is not None:
+        settings["logprobs"] = logprobs
     options = _get(body, "stream_options", (dict,), "an object") or {}
-    return ParsedRequest(
+    parsed = ParsedRequest(
         chat=chat,
-        prompt=None if chat else _prompt(body),
+        prompts=None if chat else _prompts(body),
         messages=_messages(body) if chat else None,
         max_tokens=max_tokens,
         settings=settings,
         stream=bool(_get(body, "stream", (bool,), "true or false")),
         include_usage=bool(_get(options, "include_usage", (bool,), "true or false", "stream_options.include_usage")),
         return_token_ids=bool(_get(body, "return_token_ids", (bool,), "true or false")),
+        n=n,
+        echo=echo,
     )
+    if parsed.stream and (n > 1 or echo or len(parsed.prompts or [None]) > 1):
+        raise ApiError(400, "a stream gives one choice of one prompt: n > 1, batches and echo need stream false")
+    return parsed
 
 
-def _prompt(body: dict[str, Any]) -> str | list[int]:
+def _is_ids(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def _prompts(body: dict[str, Any]) -> list[str | list[int]]:
+    """OpenAI's prompt forms: a string, token ids, or a batch (a list of strings or of id lists)."""
     prompt = body.get("prompt")
     if prompt is None:
         raise ApiError(400, "prompt is required", param="prompt")
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-        prompt = prompt[0]  # OpenAI's batch form, with one prompt
-    is_ids = isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
-    if not (isinstance(prompt, str) or is_ids):
-        batch = isinstance(prompt, list) and all(isinstance(p, (str, list)) for p in prompt)
-        what = "one prompt per request (no batches)" if batch else "a string or a list of token ids"
-        raise ApiError(400, f"prompt must be {what}", param="prompt")
-    if not prompt:
+    if isinstance(prompt, str) or (_is_ids(prompt) and prompt):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and all(isinstance(p, str) or _is_ids(p) for p in prompt):
+        prompts = prompt
+    else:
+        raise ApiError(400, "prompt must be a string, a list of token ids, or a list of those", param="prompt")
+    if not prompts or not all(prompts):
         raise ApiError(400, "prompt is empty: give at least one token", param="prompt")
-    return prompt
+    if len(prompts) > MAX_PROMPTS:
+        raise ApiError(400, f"a batch holds at most {MAX_PROMPTS} prompts, got {len(prompts)}", param="prompt")
+    return prompts
+
+
+def _logit_bias(body: dict[str, Any]) -> dict[int, float]:
+    """{"token id": bias} as {id: bias}; the runtime checks the ids and ranges."""
+    bias = _get(body, "logit_bias", (dict,), "an object of token id: bias") or {}
+    bad = [k for k, v in bias.items() if not k.isdigit() or not isinstance(v, NUMBER) or isinstance(v, bool)]
+    if bad:
+        raise ApiError(400, f"logit_bias maps token ids to numbers, got {bad[0]!r:.40}", param="logit_bias")
+    return {int(k): float(v) for k, v in bias.items()}
+
+
+def _logprobs(body: dict[str, Any], chat: bool) -> int | None:
+    """How many alternatives per token a request wants with its log-probabilities (None: none).
+    Chat: logprobs true + top_logprobs; completions: logprobs is that number."""
+    if chat:
+        wanted = _get(body, "logprobs", (bool,), "true or false")
+        top = _get(body, "top_logprobs", (int,), "an integer")
+        if top is not None and not wanted:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        count, param = ((top or 0) if wanted else None), "top_logprobs"
+    else:
+        count, param = _get(body, "logprobs", (int,), "an integer"), "logprobs"
+    if count is not None and not 0 <= count <= MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"{param} must be in 0..{MAX_TOP_LOGPROBS}, got {count}", param=param)
+    return count
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
@@ -288,6 +345,7 @@ class Reply:
     request: ParsedRequest
     model_name: str
     with_ids: bool
+    tokenizer: Any = None  # for the tokens' strings in logprobs
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -299,7 +357,16 @@ class Reply:
         head = {"id": self.id, "object": kind, "created": self.created, "model": self.model_name}
         return head | {"choices": choices} | extra
 
-    def choice(self, text: str, ids: list[int], finish: str | None, chunk: bool, first: bool = False) -> dict:
+    def choice(
+        self,
+        text: str,
+        ids: list[int],
+        finish: str | None,
+        chunk: bool,
+        first: bool = False,
+        index: int = 0,
+        entries: Sequence[Entry] = (),
+    ) -> dict:
         if not self.request.chat:
             content: dict[str, Any] = {"text": text}
         elif chunk:
@@ -307,13 +374,31 @@ class Reply:
         else:
             content = {"message": {"role": "assistant", "content": text}}
         reason = finish and FINISH_REASONS.get(finish, finish)
-        choice = {"index": 0, **content, "logprobs": None, "finish_reason": reason}
+        choice = {"index": index, **content, "logprobs": self.logprobs(entries), "finish_reason": reason}
         return choice | ({"token_ids": ids} if self.with_ids else {})
 
-    def complete(self, result: GenerationResult) -> dict[str, Any]:
-        choice = self.choice(result.text or "", list(result.token_ids), result.finish_reason, chunk=False)
-        usage = _usage(result.prompt_tokens, result.new_tokens)
-        return self.envelope([choice], chunk=False, usage=usage, **_cascade(result))
+    def logprobs(self, entries: Sequence[Entry]) -> dict[str, list] | None:
+        if self.request.logprobs is None:
+            return None
+        return (chat_logprobs if self.request.chat else completion_logprobs)(self.tokenizer, entries)
+
+    def answer(self, index: int, result: GenerationResult | None, echoed: Echo | None) -> dict[str, Any]:
+        """The choice of one generation (None: max_tokens 0), after the echoed prompt if any."""
+        text = (result.text or "") if result else ""
+        entries = generated_entries(result) if result else []
+        if echoed is not None:
+            text, entries = echoed.text + text, echoed.entries + entries
+        ids = list(result.token_ids) if result else []
+        return self.choice(text, ids, result.finish_reason if result else "length", False, index=index, entries=entries)
+
+
+@dataclass
+class Echo:
+    """The prompt as echoed: its text, ids and (with logprobs) entries, the first unscored."""
+
+    text: str
+    ids: list[int]
+    entries: list[Entry]
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -383,13 +468,13 @@ class Server:
 
     async def answer(self, request: Request, chat: bool) -> Any:
         parsed = parse_request(await self.read_json(request), chat, self.max_tokens_limit)
-        reply = Reply(parsed, self.model_name, parsed.return_token_ids or self.model.tokenizer is None)
+        tokenizer = self.model.tokenizer
+        reply = Reply(parsed, self.model_name, parsed.return_token_ids or tokenizer is None, tokenizer)
         await self.slots.acquire()
         handed_over = False
         try:
             if not parsed.stream:
-                result = await run_in_threadpool(self.call, parsed, False)
-                return JSONResponse(reply.complete(result))
+                return JSONResponse(await run_in_threadpool(self.complete, parsed, reply))
             responses, first = await run_in_threadpool(self.open_stream, parsed)
             handed_over = True  # the stream releases the slot when it ends
             return EventStream(self.events(reply, responses, first), lambda: self.close(responses))
@@ -459,29 +544,49 @@ class Server:
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, integers over 4300 digits
             raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 
-    def call(self, request: ParsedRequest, stream: bool) -> Any:
+    def complete(self, request: ParsedRequest, reply: Reply) -> dict[str, Any]:
+        """The whole answer (in a worker thread): n choices per prompt, in OpenAI's order (prompt
+        by prompt); usage counts each prompt once. Choice i gets seed + i, so that choices differ."""
+        choices, prompt_tokens, new_tokens, result = [], 0, 0, None
+        for p, prompt in enumerate(request.prompts or [None]):
+            echoed = self.echo(request, prompt) if request.echo else None
+            for i in range(request.n):
+                result = self.call(request, False, prompt, i) if request.max_tokens != 0 else None
+                choices.append(reply.answer(p * request.n + i, result, echoed))
+                new_tokens += result.new_tokens if result else 0
+            prompt_tokens += result.prompt_tokens if result else len(echoed.ids) if echoed else 0
+        return reply.envelope(choices, chunk=False, usage=_usage(prompt_tokens, new_tokens), **_cascade(result))
+
+    def echo(self, request: ParsedRequest, prompt: str | list[int] | None) -> Echo:
+        model = self.model
+        ids = model.encode(prompt)  # type: ignore[arg-type]
+        text = prompt if isinstance(prompt, str) else (model.tokenizer.decode(ids) if model.tokenizer else "")
+        scored = [] if request.logprobs is None else prompt_entries(ids, model.prompt_logprobs(ids, request.logprobs))
+        return Echo(text, ids, scored)
+
+    def call(self, request: ParsedRequest, stream: bool, prompt: str | list[int] | None = None, choice: int = 0) -> Any:
         """The model call (in a worker thread): a GenerationResult, or a Response iterator. A
         request without max_tokens gets the bundle's default within this server's limit."""
         model = self.model
         max_new = request.max_tokens
         if max_new is None:
-            ids = model.encode_chat(request.messages) if request.chat else model.encode(request.prompt)
+            ids = model.encode_chat(request.messages) if request.chat else model.encode(prompt)  # type: ignore[arg-type]
             max_new = max(1, min(model.default_max_new_tokens, self.max_tokens_limit, model.context_length - len(ids)))
         settings = request.settings | {"max_new_tokens": max_new}
+        if choice and "seed" in settings:
+            settings["seed"] += choice
         if request.chat:
             # a cascade sends a conversation on to its remote as messages: prefer its chat calls
             method = getattr(model, "stream_chat" if stream else "chat", None)
             if method is not None:
                 return method(request.messages, **settings)
-            prompt: str | list[int] = model.encode_chat(request.messages)
-        else:
-            prompt = request.prompt  # type: ignore[assignment]
+            prompt = model.encode_chat(request.messages)
         return (model.stream if stream else model.generate)(prompt, **settings)
 
     def open_stream(self, request: ParsedRequest) -> tuple[Iterator[Response], Response | None]:
         """The stream and its first Response: taken before the headers go out, so that a request
         the runtime refuses (some check lazily) still gets a 400 rather than a broken stream."""
-        responses = self.call(request, True)
+        responses = self.call(request, True, (request.prompts or [None])[0])
         try:
             return responses, next(responses, None)
         except BaseException:
@@ -504,7 +609,10 @@ class Server:
                 ids = list(kept[seen:]) if kept is not None else [response.token]
                 seen += len(ids)
                 done = response.finish_reason is not None
-                choice = reply.choice(response.text, ids, response.finish_reason, chunk=True, first=response is first)
+                scored = [] if response.logprob is None else [(response.token, response.logprob, response.top_logprobs)]
+                choice = reply.choice(
+                    response.text, ids, response.finish_reason, chunk=True, first=response is first, entries=scored
+                )
                 yield _event(reply.envelope([choice], chunk=True, **(_cascade(responses) if done else {})))
                 if done:
                     break

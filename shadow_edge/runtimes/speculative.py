@@ -28,9 +28,8 @@ from ..bundle import BACKBONE_GRAPH, CASCADE_GRAPHS, SHADOW_GRAPH, SHADOW_HEAD_G
 from ..errors import BundleError, GenerationError
 from .classify import refuse_generation
 from .engine import Engine
-from .generate import GenerationConfig
+from .generate import GenerationConfig, config_processors
 from .model import ShadowEdgeModel, open_bundle
-from .sampling import make_logits_processors
 from .tokenizer import Tokenizer
 
 DEFAULT_DRAFT_TOKENS = 4
@@ -70,7 +69,7 @@ class SpeculativeModel(ShadowEdgeModel):
                 "speculative decoding gives the attached model's greedy output: use temperature 0 (--greedy)"
             )
         self.stats = SpeculativeStats()
-        processors = make_logits_processors(config.repetition_penalty)
+        processors = config_processors(config, prompts)
         return self._tokens(list(prompts[0]), processors, self.stats, config.max_new_tokens or self.context_length)
 
     def _tokens(self, prompt: list[int], processors, stats: SpeculativeStats, max_new: int) -> Iterator[np.ndarray]:
