@@ -120,3 +120,16 @@ def test_partial_rotary_phi4_mini_style_is_fused_exactly(tmp_path):
     assert_matches_reference(manifest.validation)
     rotary = next(n for n in _ops(tmp_path / "out") if n.op_type == "RotaryEmbedding")
     assert {a.name: a.i for a in rotary.attribute}["rotary_embedding_dim"] == 8  # of head_dim 16
+
+
+@pytest.mark.parametrize("arch", NEW_ARCHITECTURES)
+def test_peft_adapters_of_every_architecture_decode_like_peft(tmp_path, arch):
+    """The same architectures through the HF peft SHADOW format (every block adapted, block 0 included):
+    validated, and 64 greedy tokens past the sliding window equal to peft's own forward, both modes."""
+    from test_peft import assert_generates_like_peft, export_peft
+
+    base = tiny_base(tmp_path / "base", arch, seed=5)
+    ckpt, manifest = export_peft(tmp_path, base)
+    assert manifest.source["adapted_blocks"] == [0, manifest.model.base.num_layers - 1]
+    assert set(manifest.source["graph_builders"].values()) == {"fused"}
+    assert_generates_like_peft(ckpt, tmp_path / "out")
