@@ -66,5 +66,5 @@ def test_serve_remote_needs_cascade_mode(tiny_text_export):
 
     result = CliRunner().invoke(app, ["serve", str(tiny_text_export.bundle), "--remote", "http://127.0.0.1:9"])
     assert result.exit_code == 1 and result.stderr.startswith("error: --remote needs --mode cascade")
-    result = CliRunner().invoke(app, ["serve", str(tiny_text_export.bundle), "--mode", "speculative"])
-    assert result.exit_code == 1 and "or cascade" in result.stderr and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["serve", str(tiny_text_export.bundle), "--mode", "sideways"])
+    assert result.exit_code != 0 and "sideways" in result.output and "Traceback" not in result.output
