@@ -6,6 +6,8 @@ do next (set SHADOW_EDGE_DEBUG=1 for the traceback). Every message names the bad
 
 from __future__ import annotations
 
+import errno
+
 
 class ShadowEdgeError(Exception):
     """Base class: an expected failure with a message meant for a person."""
@@ -67,3 +69,20 @@ class RemoteError(ShadowEdgeError):
 
 class ServeError(ShadowEdgeError):
     """`serve` refused its settings (an exposed address without an API key, an empty key)."""
+
+
+# errno -> (the problem, what to do next): filesystem errors name the path and say what went wrong
+OS_PROBLEMS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write somewhere else"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else"),
+    errno.EROFS: ("the filesystem is read-only", "write to a folder on a writable filesystem"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
+    errno.EISDIR: ("is a folder, not a file", "check the path"),
+    errno.EACCES: ("permission denied", "check its permissions or use another path"),
+    errno.EPERM: ("operation not permitted", "check its permissions or use another path"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENAMETOOLONG: ("the name is too long", "use a shorter path"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or close other programs"),
+    errno.EADDRINUSE: ("the address is already in use", "choose another --port or stop the other server"),
+    errno.EADDRNOTAVAIL: ("the address is not available on this machine", "check --host"),
+}

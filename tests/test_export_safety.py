@@ -184,4 +184,4 @@ def test_read_only_parent_is_one_line(inputs, mount):
     ckpt, _ = inputs
     point = mount("ro,size=64k")
     code, output = run_cli("export", ckpt, point / "out")
-    assert code == 1 and output.count("error:") == 1 and "Read-only file system" in output, output
+    assert code == 1 and output.count("error:") == 1 and "the filesystem is read-only" in output, output

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import ShadowEdgeError
+from ..errors import OS_PROBLEMS, ShadowEdgeError
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Export ShadowPEFT models to ONNX and run them on edge CPUs."
@@ -36,22 +36,6 @@ err_console = make_console(stderr=True)
 
 DEBUG_VARIABLE = "SHADOW_EDGE_DEBUG"
 DEBUG_HINT = f"{DEBUG_VARIABLE}=1 shows the traceback"
-
-# errno -> (the problem, what to do next): filesystem errors name the path and say what went wrong
-OS_PROBLEMS = {
-    errno.ENOSPC: ("no space left on the device", "free some space or write somewhere else"),
-    errno.EDQUOT: ("disk quota exceeded", "free some space or write somewhere else"),
-    errno.EROFS: ("the filesystem is read-only", "write to a folder on a writable filesystem"),
-    errno.ENOTDIR: ("a part of the path is a file, not a folder", "check the path"),
-    errno.EISDIR: ("is a folder, not a file", "check the path"),
-    errno.EACCES: ("permission denied", "check its permissions or use another path"),
-    errno.EPERM: ("operation not permitted", "check its permissions or use another path"),
-    errno.ENOENT: ("no such file or folder", "check the path"),
-    errno.ENAMETOOLONG: ("the name is too long", "use a shorter path"),
-    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) or close other programs"),
-    errno.EADDRINUSE: ("the address is already in use", "choose another --port or stop the other server"),
-    errno.EADDRNOTAVAIL: ("the address is not available on this machine", "check --host"),
-}
 
 
 def fail(message: str, hint: str = "") -> None:

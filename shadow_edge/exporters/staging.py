@@ -25,7 +25,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import OutputError, OutputExistsError
+from ..errors import OS_PROBLEMS, OutputError, OutputExistsError
 
 MARKER_SUFFIX = ".owner"  # beside each staging folder, JSON {pid, host}: what makes a leftover safe to delete
 _RENAME_EXCHANGE = 2
@@ -129,15 +129,14 @@ def _replace(staged: Path, output: Path) -> None:
 
 def _filesystem_error(exc: OSError, output: Path) -> OutputError:
     where = Path(exc.filename) if exc.filename else output
-    reason = "no space left on the device" if exc.errno == errno.ENOSPC else exc.strerror or type(exc).__name__
+    reason, next_step = OS_PROBLEMS.get(exc.errno or 0, (exc.strerror or type(exc).__name__, ""))
     # the output, a staging folder beside it, or its parent: a write failed, not a read of an input
     prefix = f".{output.name}."
     writing = where == output.parent or any(
         p.parent == output.parent and (p == output or p.name.startswith(prefix)) for p in (where, *where.parents)
     )
-    return OutputError(
-        f"{'cannot write ' if writing else ''}{where}: {reason}", hint=f"nothing was written to {output}"
-    )
+    hint = "; ".join(filter(None, [f"nothing was written to {output}", next_step]))
+    return OutputError(f"{'cannot write ' if writing else ''}{where}: {reason}", hint=hint)
 
 
 @contextlib.contextmanager
