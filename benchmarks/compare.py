@@ -10,8 +10,9 @@ Systems, each in its own subprocess of this one (clean peak RSS, same thread cou
   attached / detached  shadow-edge, fp32
   attached_int4 / detached_int4  shadow-edge, the same bundle quantized to int4 (`quantize`'s default)
 Every system generates from the same token ids, greedily, exactly N new tokens (EOS ignored).
-End to end = wall time of one generate call, prefill included. Decode time per token at a context
-C = (T(C, n) - T(C, 1)) / (n - 1), the same formula for every system. Medians of --repeat runs.
+Every system streams its tokens and each is timestamped as it arrives (benchmarks/timing.py):
+end to end = time to the last token, prefill included; decode time per token at a context C = the
+median gap between consecutive tokens after a C-token prompt. Medians of --repeat runs.
 Writes benchmarks/results/compare.json and compare.png, and prints the targets of issue 4.
 """
 
@@ -26,6 +27,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import decode_ms, llama_stream, shadow_edge_stream, stamped  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -69,14 +73,29 @@ def _bundle_dir() -> Path:
 # ---- one generate call per system: returns a function (ids, new_tokens) -> seconds ------------------
 
 
+class _Stamps:
+    """A transformers streamer that timestamps each new token (its first put() is the prompt)."""
+
+    def __init__(self) -> None:
+        self.start, self.stamps, self.prompt_seen = time.perf_counter(), [], False
+
+    def put(self, value) -> None:
+        if self.prompt_seen:
+            self.stamps.append(time.perf_counter() - self.start)
+        self.prompt_seen = True
+
+    def end(self) -> None:
+        pass
+
+
 def _torch_generate(model, threads: int):
     import torch
 
     torch.set_num_threads(threads)
 
-    def run(ids: list[int], new: int, **kwargs) -> float:
+    def run(ids: list[int], new: int, **kwargs) -> list[float]:
         input_ids = torch.tensor([ids])
-        start = time.perf_counter()
+        streamer = _Stamps()
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,
@@ -84,48 +103,31 @@ def _torch_generate(model, threads: int):
                 max_new_tokens=new,
                 min_new_tokens=new,
                 do_sample=False,
+                streamer=streamer,
                 **kwargs,
             )
-        elapsed = time.perf_counter() - start
-        assert out.shape[1] == len(ids) + new
-        return elapsed
+        assert out.shape[1] == len(ids) + new and len(streamer.stamps) == new
+        return streamer.stamps
 
     return run
 
 
 def make_system(name: str, threads: int):
+    """A function (ids, new tokens) -> the seconds from the call to each new token."""
     work = Path(os.environ["BENCH_WORK"])
     if name in BUNDLE_SYSTEMS:
         import shadow_edge
 
         folder, mode = BUNDLE_SYSTEMS[name]
         model = shadow_edge.load(work / folder, mode=mode, threads=threads)
-
-        def run(ids: list[int], new: int) -> float:
-            start = time.perf_counter()
-            result = model.generate(ids, max_new_tokens=new, temperature=0.0, eos_token_ids=[])
-            assert result.new_tokens == new
-            return time.perf_counter() - start
-
-        return run
+        return lambda ids, new: stamped(shadow_edge_stream(model, ids, new), new)
     if name == "llama_cpp":
         from llama_cpp import Llama
 
         from shadow_edge.exporters.demo import GGUF_FILE, smollm2_gguf_dir
 
         llm = Llama(str(smollm2_gguf_dir() / GGUF_FILE), n_ctx=4096, n_threads=threads, n_batch=512, verbose=False)
-
-        def run(ids: list[int], new: int) -> float:
-            llm.reset()
-            start = time.perf_counter()
-            count = 0
-            for _ in llm.generate(ids, top_k=1, temp=0.0, reset=True):
-                count += 1
-                if count == new:
-                    break
-            return time.perf_counter() - start
-
-        return run
+        return lambda ids, new: stamped(llama_stream(llm, ids), new)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(work / "ckpt" / "base", dtype="float32").eval()
@@ -151,24 +153,18 @@ def worker(name: str, threads: int, repeat: int, quick: bool) -> dict:
     reps = 1 if name in SLOW else repeat
     e2e = {}
     for prompt, new in END_TO_END[:2] if quick else END_TO_END:
-        times = [run(prompt_ids(prompt), new) for _ in range(reps)]
+        times = [run(prompt_ids(prompt), new)[-1] for _ in range(reps)]
         e2e[f"{prompt}+{new}"] = {
             "seconds": statistics.median(times),
             "tok_per_s": new / statistics.median(times),
             "runs": times,
         }
     decode = {}
-    steps = 3 if name in SLOW else 9
+    steps = 3 if name in SLOW else 17
     for context in CONTEXTS[:1] if quick else CONTEXTS:
         ids = prompt_ids(context)
-        per_token = []
-        for _ in range(reps):
-            one, many = run(ids, 1), run(ids, steps)
-            per_token.append((many - one) / (steps - 1))
-        decode[str(context)] = {
-            "ms_per_token": 1000 * statistics.median(per_token),
-            "runs_ms": [1000 * t for t in per_token],
-        }
+        per_token = [decode_ms(run(ids, steps)) for _ in range(reps)]
+        decode[str(context)] = {"ms_per_token": statistics.median(per_token), "runs_ms": per_token}
     return {"system": name, "end_to_end": e2e, "decode": decode, "peak_rss_mb": peak_rss_mb()}
 
 

@@ -22,12 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bundle import MODE_GRAPHS, cache_for, read_manifest
+from ..bundle import MODE_GRAPHS, cache_for, graph_files, read_manifest, resolve_inside
 from ..errors import GenerationError
 from .bandwidth import read_bandwidth
 from .generate import peak_rss_mb
+from .memory import mapped_mb, reset_peak, rss_now
 
 SCHEMA = "shadow-edge-bench/1"
+MODULE = "shadow_edge.runtimes.bench"  # run as `python -m MODULE` for a clean process (not __name__: "__main__" there)
 
 
 class _TimedRunner:
@@ -107,6 +109,78 @@ def measure_mode(
     return {"mode": mode, "threads": threads, "rows": rows, "peak_rss_mb": peak_rss_mb()}
 
 
+def _load_anon_mb(bundle: str | Path, mode: str, threads: int | None, prepack: bool) -> float | None:
+    """Anonymous MiB that load() adds (sessions, tokenizer and, with prepack, the packed weights)."""
+    from .model import load
+
+    before = rss_now()
+    model = load(bundle, mode=mode, threads=threads, verify="size", prepack=prepack)
+    after = rss_now()
+    del model
+    return None if before is None or after is None else after.anonymous - before.anonymous
+
+
+def memory_breakdown(bundle: str | Path, mode: str, prompt_len: int, new_tokens: int, threads: int | None) -> dict:
+    """Peak RSS of one mode (in this process: run it in a fresh one) and what it is made of, each
+    part measured across one stage: load, a prompt_len prefill, new_tokens decode steps.
+
+    interpreter and libraries  RSS before load (Python, numpy, onnxruntime, tokenizers)
+    weights mapped             resident pages of the bundle's files (onnxruntime memory-maps them)
+    prepacked copies           anonymous memory load() adds, minus what it adds with prepacking off
+                               (measured in a second process, `python -m ... --load-anon`)
+    sessions and tokenizer     anonymous memory load() adds with prepacking off
+    kv cache                   the caches' arrays at the end
+    onnxruntime arenas         anonymous memory left after generating, beyond the KV caches
+    prefill activations        the peak during the prefill above the RSS just before it (transient)
+    """
+    from .model import load
+
+    manifest = read_manifest(bundle)
+    files = {resolve_inside(Path(bundle), f) for g in MODE_GRAPHS[mode] for f in graph_files(manifest, g)}
+    before = rss_now()
+    if before is None:
+        return {"skipped": "needs Linux /proc"}
+    model = load(bundle, mode=mode, threads=threads, verify="size")
+    loaded, load_peak = rss_now(), peak_rss_mb()
+    engine = model.engine
+    ids = np.random.default_rng(0).integers(0, manifest.model.vocab_size, size=(1, prompt_len))
+    seqs = engine.start(1)
+    reset_peak()
+    start = rss_now()
+    logits = engine.forward(seqs, ids)
+    prefill_peak = peak_rss_mb()
+    for _ in range(new_tokens):
+        logits = engine.forward(seqs, logits[:, -1:].argmax(-1))
+    end = rss_now()
+    kv = sum(c.nbytes for c in seqs.caches.values()) / 2**20
+    unpacked = subprocess.run(
+        [sys.executable, "-m", MODULE, "--load-anon", str(bundle), mode, str(threads or 0)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    no_prepack = float(unpacked.stdout) if unpacked.returncode == 0 and unpacked.stdout.strip() else None
+    load_anon = loaded.anonymous - before.anonymous
+    parts = {
+        "interpreter and libraries": before.total,
+        "weights mapped": mapped_mb(files),
+        "prepacked copies": None if no_prepack is None else load_anon - no_prepack,
+        "sessions and tokenizer": no_prepack,
+        "kv cache": kv,
+        "onnxruntime arenas": end.anonymous - loaded.anonymous - kv,
+        "prefill activations": prefill_peak - start.total,
+    }
+    return {
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
+        "weights_mb": sum(f.stat().st_size for f in files) / 2**20,
+        "peak_rss_mb": max(load_peak, peak_rss_mb()),
+        "rss_after_load_mb": loaded.total,
+        "rss_end_mb": end.total,
+        "parts_mb": parts,
+    }
+
+
 @dataclass
 class BenchSettings:
     prompt_lens: list[int]
@@ -153,6 +227,8 @@ def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
         if done.returncode != 0:
             raise GenerationError(f"bench of {mode} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
         results.append(json.loads(done.stdout))
+    for result in results:
+        result["memory"] = _breakdown_in_subprocess(bundle, result, settings.new_tokens)
     bandwidth = min(probe)
     for result in results:
         for row in result["rows"]:
@@ -169,6 +245,18 @@ def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
         "memory_bandwidth_gb_s": {"runs": [b / 1e9 for b in probe], "used": bandwidth / 1e9},
         "results": results,
     }
+
+
+def _breakdown_in_subprocess(bundle: str | Path, result: dict, new_tokens: int) -> dict:
+    """memory_breakdown() of a measured mode, in a fresh process, at its longest prompt that ran."""
+    lengths = [row["prompt_len"] for row in result["rows"] if "skipped" not in row]
+    if not lengths:
+        return {"skipped": "no prompt length fits the context"}
+    args = [sys.executable, "-m", MODULE, "--memory", str(bundle), result["mode"], str(max(lengths))]
+    done = subprocess.run([*args, str(new_tokens), str(result["threads"] or 0)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise GenerationError(f"memory breakdown of {result['mode']} failed: {done.stderr.strip()[-300:]}")
+    return json.loads(done.stdout)
 
 
 def plot(report: dict, path: Path) -> None:
@@ -197,7 +285,12 @@ def plot(report: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-if __name__ == "__main__":  # one mode, in a clean process: prints its JSON
+if __name__ == "__main__" and sys.argv[1] == "--load-anon":  # memory_breakdown's second process
+    print(_load_anon_mb(sys.argv[2], sys.argv[3], int(sys.argv[4]) or None, prepack=False))
+elif __name__ == "__main__" and sys.argv[1] == "--memory":  # memory_breakdown in a clean process
+    bundle_arg, mode_arg, length, new, threads_arg = sys.argv[2:7]
+    print(json.dumps(memory_breakdown(bundle_arg, mode_arg, int(length), int(new), int(threads_arg) or None)))
+elif __name__ == "__main__":  # one mode, in a clean process: prints its JSON
     bundle_arg, mode_arg, lens, new, threads_arg, repeat_arg = sys.argv[1:7]
     print(
         json.dumps(
