@@ -16,6 +16,9 @@ from tokenizers import Tokenizer as _RustTokenizer
 
 from ..bundle import Manifest, resolve_inside
 from ..errors import BundleError, GenerationError
+from .memory import release_freed_heap
+
+LONG_TEXT = 1 << 16  # characters: encoding longer texts hands the freed memory back afterwards
 
 Message = dict[str, Any]  # {"role": "user" | "assistant" | "system" | ..., "content": str}
 
@@ -47,6 +50,8 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         check_utf8(text)
         ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        if len(text) >= LONG_TEXT:  # its encoding's memory would stay with the process: see memory.py
+            release_freed_heap()
         bos = self.bos_token_id
         if add_special_tokens and self.config.get("add_bos_token") and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]
