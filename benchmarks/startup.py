@@ -8,7 +8,8 @@ Each case runs `repeat` fresh processes of the runtime's Python (--python, defau
 warm-up, on a warm page cache (dropping the page cache needs root and /proc/sys/vm/drop_caches: the
 cold-cache row is measured only where that works). A process reports its own phases: interpreter start
 to imports done, load() (verification, sessions, tokenizer), and the first token; `total` is the
-process's wall time to its first token as a user waits for it (interpreter start included).
+process's wall time to its first token as a user waits for it (interpreter start included); peak_rss_mb
+the process's VmHWM at that token (Linux).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ else:
 loaded = time.time()
 first = next(iter(model.stream_chat([{"role": "user", "content": PROMPT}], max_new_tokens=1, temperature=0.0)))
 done = time.time()
+peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"imports_s": imported - t0, "load_s": loaded - imported, "first_token_s": done - loaded,
-                  "total_s": done - t0, "token": first.token}))
+                  "total_s": done - t0, "peak_rss_mb": peak, "token": first.token}))
 """.replace("PROMPT", repr(PROMPT))
 
 LLAMA_PROBE = r"""
@@ -54,8 +56,9 @@ llm = Llama(model_path=sys.argv[2], n_threads=int(sys.argv[3]), n_ctx=512, verbo
 loaded = time.time()
 out = llm.create_chat_completion([{"role": "user", "content": PROMPT}], max_tokens=1, temperature=0.0)
 done = time.time()
+peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM:"))
 print(json.dumps({"imports_s": imported - t0, "load_s": loaded - imported, "first_token_s": done - loaded,
-                  "total_s": done - t0}))
+                  "total_s": done - t0, "peak_rss_mb": peak}))
 """.replace("PROMPT", repr(PROMPT))
 
 
@@ -84,7 +87,8 @@ def _case(python: str, probe: str, args: list[str], repeat: int, env: dict, befo
         if before is not None:
             before()
         runs.append(_run(python, probe, args, env))
-    return {key: statistics.median(r[key] for r in runs) for key in ("imports_s", "load_s", "first_token_s", "total_s")}
+    keys = ("imports_s", "load_s", "first_token_s", "total_s", "peak_rss_mb")
+    return {key: statistics.median(r[key] for r in runs) for key in keys}
 
 
 def main() -> None:
