@@ -3,8 +3,9 @@
     python benchmarks/targets.py [--results benchmarks/results] [--out benchmarks/results/targets_issue15.json]
 
 Sources (write them first; a missing one leaves its targets "not measured"):
-  bench_smollm2_fp32.json    `shadow-edge bench DEMO --json` (memory breakdown per mode)
-  bench_smollm2_phone.json   `shadow-edge bench PHONE --json`, PHONE = `quantize DEMO --only detached`
+  bench_memory_fp32.json     `shadow-edge bench DEMO --prompt-lens 256 --json` (memory breakdown per mode)
+  bench_memory_int4.json     the same of int4_llamacpp.py's int4 bundle (round to nearest from fp32)
+  bench_memory_phone.json    the same of PHONE = `quantize DEMO --only detached` (the phone bundle)
   startup_llamacpp.json      benchmarks/startup.py (time to first token, peak RSS at it, llama.cpp beside)
   compare.json               benchmarks/compare.py (decode ms/token at contexts 256 / 2048)
   int4_llamacpp.json         benchmarks/int4_llamacpp.py (int4 vs llama.cpp Q4_0 / Q4_K_M, same weights)
@@ -54,14 +55,15 @@ def targets(folder: Path) -> list[dict]:
             }
         )
 
-    fp32, phone = _load(folder, "bench_smollm2_fp32.json"), _load(folder, "bench_smollm2_phone.json")
+    fp32, phone = _load(folder, "bench_memory_fp32.json"), _load(folder, "bench_memory_phone.json")
     int4 = _load(folder, "int4_llamacpp.json")
+    int4_memory = _memory(_load(folder, "bench_memory_int4.json"), "attached")
     attached = _memory(fp32, "attached")
     add(
         "fp32 attached peak RSS / its weights",
         1.15,
         attached and attached["peak_rss_mb"] / attached["weights_mb"],
-        "bench_smollm2_fp32.json",
+        "bench_memory_fp32.json",
         attached and _parts(attached),
     )
     if int4:
@@ -72,7 +74,8 @@ def targets(folder: Path) -> list[dict]:
             int4["ratios"]["int4 attached peak RSS / llama.cpp Q4_0's"],
             "int4_llamacpp.json",
             f"ours {system['peak_rss_mb']:.0f} MB, llama.cpp "
-            f"{int4['systems']['llama.cpp Q4_0 (base)']['peak_rss_mb']:.0f} MB",
+            f"{int4['systems']['llama.cpp Q4_0 (base)']['peak_rss_mb']:.0f} MB"
+            + (f"; {_parts(int4_memory)}" if int4_memory else ""),
         )
     else:
         add("int4 attached peak RSS / llama.cpp Q4_0's (same weights)", 0.9, None, "int4_llamacpp.json")
@@ -81,7 +84,7 @@ def targets(folder: Path) -> list[dict]:
         "detached int4 phone bundle peak RSS, MB",
         120,
         detached and detached["peak_rss_mb"],
-        "bench_smollm2_phone.json",
+        "bench_memory_phone.json",
         detached and _parts(detached),
     )
     startup = _load(folder, "startup_llamacpp.json")

@@ -40,6 +40,9 @@ def test_bench_report_has_every_mode_prompt_and_figure(tiny_exports, tmp_path):
     manifest = read_manifest(bundle)
     for result in report["results"]:
         assert result["peak_rss_mb"] > 0
+        memory = result["memory"]  # measured at the longest prompt that ran (test_memory.py checks the parts)
+        assert memory["prompt_len"] == 8 and memory["peak_rss_mb"] >= memory["rss_end_mb"] - 1
+        assert memory["parts_mb"]["kv cache"] > 0 and memory["parts_mb"]["weights mapped"] > 0
         rows = {r["prompt_len"]: r for r in result["rows"]}
         assert "exceeds the context" in rows[200]["skipped"]  # 200 + 4 > 128 positions
         for length in (4, 8):

@@ -75,6 +75,7 @@ def bench(
                 f"{result['peak_rss_mb']:.0f}",
             )
     console.print(table)
+    _print_memory(report)
     bw = report["memory_bandwidth_gb_s"]
     console.print(
         f"memory read bandwidth {bw['used']:.1f} GB/s (probe runs: {', '.join(f'{b:.1f}' for b in bw['runs'])})"
@@ -83,3 +84,22 @@ def bench(
 
 def _announce_mode(mode: str, threads: int | None) -> None:
     err_console.print(f"[dim]measuring {mode}{f' at {threads} thread(s)' if threads else ''} ...[/]")
+
+
+def _print_memory(report: dict) -> None:
+    """Each mode's peak RSS against its weights, and what it is made of (runtimes/bench.py)."""
+    rows = [(r, r["memory"]) for r in report["results"] if "parts_mb" in r.get("memory", {})]
+    if not rows:
+        return
+    names = list(rows[0][1]["parts_mb"])
+    table = Table("mode", "thr", "peak RSS MB", "x weights", *[f"{n} MB" for n in names], title="memory")
+    for result, memory in rows:
+        parts = memory["parts_mb"]
+        table.add_row(
+            result["mode"],
+            str(result["threads"] or "auto"),
+            f"{memory['peak_rss_mb']:.0f}",
+            f"{memory['peak_rss_mb'] / memory['weights_mb']:.2f}",
+            *["-" if parts[n] is None else f"{parts[n]:.0f}" for n in names],
+        )
+    console.print(table)

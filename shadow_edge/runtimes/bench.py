@@ -120,7 +120,9 @@ def _load_anon_mb(bundle: str | Path, mode: str, threads: int | None, prepack: b
     return None if before is None or after is None else after.anonymous - before.anonymous
 
 
-def memory_breakdown(bundle: str | Path, mode: str, prompt_len: int, new_tokens: int, threads: int | None) -> dict:
+def memory_breakdown(
+    bundle: str | Path, mode: str, prompt_len: int, new_tokens: int, threads: int | None, prepack: bool = True
+) -> dict:
     """Peak RSS of one mode (in this process: run it in a fresh one) and what it is made of, each
     part measured across one stage: load, a prompt_len prefill, new_tokens decode steps.
 
@@ -131,7 +133,8 @@ def memory_breakdown(bundle: str | Path, mode: str, prompt_len: int, new_tokens:
     sessions and tokenizer     anonymous memory load() adds with prepacking off
     kv cache                   the caches' arrays at the end
     onnxruntime arenas         anonymous memory left after generating, beyond the KV caches
-    prefill activations        the peak during the prefill above the RSS just before it (transient)
+    prefill activations        the peak during the prefill above the RSS just before it (transient;
+                               also weight pages first read then, as without prepacking)
     """
     from .model import load
 
@@ -140,7 +143,7 @@ def memory_breakdown(bundle: str | Path, mode: str, prompt_len: int, new_tokens:
     before = rss_now()
     if before is None:
         return {"skipped": "needs Linux /proc"}
-    model = load(bundle, mode=mode, threads=threads, verify="size")
+    model = load(bundle, mode=mode, threads=threads, verify="size", prepack=prepack)
     loaded, load_peak = rss_now(), peak_rss_mb()
     engine = model.engine
     ids = np.random.default_rng(0).integers(0, manifest.model.vocab_size, size=(1, prompt_len))
@@ -153,14 +156,16 @@ def memory_breakdown(bundle: str | Path, mode: str, prompt_len: int, new_tokens:
         logits = engine.forward(seqs, logits[:, -1:].argmax(-1))
     end = rss_now()
     kv = sum(c.nbytes for c in seqs.caches.values()) / 2**20
-    unpacked = subprocess.run(
-        [sys.executable, "-m", MODULE, "--load-anon", str(bundle), mode, str(threads or 0)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    no_prepack = float(unpacked.stdout) if unpacked.returncode == 0 and unpacked.stdout.strip() else None
     load_anon = loaded.anonymous - before.anonymous
+    no_prepack = load_anon
+    if prepack:
+        unpacked = subprocess.run(
+            [sys.executable, "-m", MODULE, "--load-anon", str(bundle), mode, str(threads or 0)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        no_prepack = float(unpacked.stdout) if unpacked.returncode == 0 and unpacked.stdout.strip() else None
     parts = {
         "interpreter and libraries": before.total,
         "weights mapped": mapped_mb(files),
@@ -173,7 +178,8 @@ def memory_breakdown(bundle: str | Path, mode: str, prompt_len: int, new_tokens:
     return {
         "prompt_len": prompt_len,
         "new_tokens": new_tokens,
-        "weights_mb": sum(f.stat().st_size for f in files) / 2**20,
+        "prepack": prepack,
+        "weights_mb": sum(f.stat().st_size for f in files) / 2**20,  # the files the mode maps
         "peak_rss_mb": max(load_peak, peak_rss_mb()),
         "rss_after_load_mb": loaded.total,
         "rss_end_mb": end.total,
@@ -289,7 +295,8 @@ if __name__ == "__main__" and sys.argv[1] == "--load-anon":  # memory_breakdown'
     print(_load_anon_mb(sys.argv[2], sys.argv[3], int(sys.argv[4]) or None, prepack=False))
 elif __name__ == "__main__" and sys.argv[1] == "--memory":  # memory_breakdown in a clean process
     bundle_arg, mode_arg, length, new, threads_arg = sys.argv[2:7]
-    print(json.dumps(memory_breakdown(bundle_arg, mode_arg, int(length), int(new), int(threads_arg) or None)))
+    packed = "--no-prepack" not in sys.argv[7:]
+    print(json.dumps(memory_breakdown(bundle_arg, mode_arg, int(length), int(new), int(threads_arg) or None, packed)))
 elif __name__ == "__main__":  # one mode, in a clean process: prints its JSON
     bundle_arg, mode_arg, lens, new, threads_arg, repeat_arg = sys.argv[1:7]
     print(
