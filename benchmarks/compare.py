@@ -277,6 +277,7 @@ def main() -> None:
     per_token = {m: manifest.weight_bytes_per_token(m) for m in manifest.modes}
     bandwidth = read_bandwidth(args.threads, nbytes=per_token["attached"])
     results = {}
+    load_before = os.getloadavg()
     for system in args.systems.split(","):
         print(f"running {system} ...", file=sys.stderr, flush=True)
         command = [
@@ -305,6 +306,8 @@ def main() -> None:
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "threads": args.threads,
+            "load_avg_before": load_before,  # other processes on the machine skew every time
+            "load_avg_after": os.getloadavg(),
         },
         "memory_bandwidth_gb_s": {"before": bandwidth / 1e9, "after": bandwidth_after / 1e9},
         "weight_bytes_per_token": per_token,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -123,7 +124,9 @@ def targets(folder: Path) -> list[dict]:
             ours = int4["systems"]["shadow-edge int4 attached"]["decode_ms_per_token"]
             base = int4["systems"]["shadow-edge int4 base"]["decode_ms_per_token"]
             bound = f"ours {ours:.1f} ms/token, of which the base graph alone takes {base:.1f} ms"
-        add(key + " (same weights)", 1.0, int4 and int4["ratios"][key], "int4_llamacpp.json", bound, lower=False)
+        # the lower of the median per-round ratio and the best streams' ratio: a loaded machine skews both
+        measured = int4 and min(int4["ratios"][key], int4.get("ratios_best_runs", {}).get(key, math.inf))
+        add(key + " (same weights)", 1.0, measured, "int4_llamacpp.json", bound, lower=False)
     return rows
 
 
