@@ -50,6 +50,22 @@ BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
 
 
+@dataclass(frozen=True)
+class Profile:
+    """What a profile fills in where the caller left quantize_head "auto" / accuracy_level None."""
+
+    head: str | None = None
+    accuracy_level: int | None = None
+
+
+# per host (README: which profile for which host)
+#   native  onnxruntime on a CPU (Python, Node, Electron, phones): int8 head under int4, level 4
+#   web     onnxruntime-web (wasm): MatMulNBits dequantizes before computing there, so the 49152-wide
+#           head stays float32 (330-680 ms a token as int8/int4, 26 ms in float32); accuracy level 0
+#           so that x86 computes in float32 as wasm does and both give the same tokens
+PROFILES = {"native": Profile(), "web": Profile(head="float32", accuracy_level=0)}
+
+
 @dataclass
 class QuantizeResult:
     output: Path
@@ -138,6 +154,7 @@ def quantize_bundle(
     mobile: bool = False,
     progress: Callable[[str], None] | None = None,
     source_label: str | None = None,
+    profile: str = "native",
 ) -> QuantizeResult:
     """Write a quantized copy of `bundle` to `output`.
 
@@ -154,16 +171,28 @@ def quantize_bundle(
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
     the source and store the figures in manifest.fidelity; under FLOORS a warning, or with
     strict=True a QuantizeError. mobile: also write the ORT-format graphs and the onnxruntime-genai
-    folder (mobile.py). source_label: how the manifest names the source (default: its path)."""
+    folder (mobile.py). source_label: how the manifest names the source (default: its path).
+    profile: the host the bundle is for, PROFILES ("web": a float32 head, accuracy level 0)."""
     started = time.perf_counter()
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
     source = read_manifest(source_root)
+    if profile not in PROFILES:
+        raise QuantizeError(f"no profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if quantize_head == "auto" and PROFILES[profile].head:
+        quantize_head = PROFILES[profile].head
+    if accuracy_level is None:
+        accuracy_level = PROFILES[profile].accuracy_level
     if quantize_head == "auto":
         quantize_head = "int8" if to == "int4" else False
     if off_grid == "auto":
         off_grid = "int8" if to == "int4" and grid and _base_on_grid(source_root, source, block_size) else None
     settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level, grid, off_grid)
+    if profile == "web" and settings.head:
+        raise QuantizeError(
+            f"the web profile keeps the head float32 (a {settings.head} head is slow in wasm)",
+            hint="drop --quantize-head, or quantize with --profile native",
+        )
     keep, chosen = _check(source, settings, graphs, modes)
     verify_files(source_root, source)
     warnings: list[str] = []
@@ -193,6 +222,7 @@ def quantize_bundle(
                     "bundle": source_label or str(source_root.resolve()),
                     "manifest_sha256": sha256_file(source_root / MANIFEST_FILE),
                     "precision": to,
+                    "profile": profile,
                 },
                 "validation": source.validation,
             },

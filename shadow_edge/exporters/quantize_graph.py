@@ -185,7 +185,13 @@ def _dynamic(model: onnx.ModelProto, exclude: list[str]) -> onnx.ModelProto:
             nodes_to_exclude=exclude,
             weight_type=QuantType.QInt8,
             use_external_data_format=True,
-            extra_options={"MatMulConstBOnly": True},  # weights only, not attention's x @ k
+            extra_options={
+                "MatMulConstBOnly": True,  # weights only, not attention's x @ k
+                # onnx's shape inference cannot type the outputs of contrib ops (GroupQueryAttention,
+                # SkipSimplifiedLayerNormalization...) that feed a fused graph's MatMuls: our graphs
+                # compute in float32, so an untyped activation is float32
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
         )
         quantized = onnx.load(out)
     for node in quantized.graph.node:
