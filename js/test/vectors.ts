@@ -6,9 +6,11 @@ import type { GenerateOptions } from "../src/generate.js";
 import type { PolicyOverrides } from "../src/escalation.js";
 
 export interface Case {
-  kind: "logits" | "generate" | "chat" | "cascade" | "speculative";
+  kind: "logits" | "generate" | "chat" | "cascade" | "speculative" | "batch";
   mode?: "attached" | "detached";
   prompt?: string | number[];
+  prompts?: number[][]; // a batch's prompts (token ids)
+  results?: { token_ids: number[]; text: string | null; finish_reason: string }[]; // a batch's rows
   messages?: { role: string; content: string }[];
   settings?: Record<string, unknown>;
   policy?: Record<string, unknown>;
