@@ -78,5 +78,5 @@ export const policyOptions = (c: Case) => renamed<PolicyOverrides>(c.policy, POL
 
 /** A short name of a case for test titles. */
 export function title(c: Case): string {
-  return `${c.kind} ${c.mode ?? ""} ${JSON.stringify(c.prompt ?? c.messages)} ${JSON.stringify(c.settings ?? {})} ${JSON.stringify(c.policy ?? {})}`;
+  return `${c.kind} ${c.mode ?? ""} ${JSON.stringify(c.prompt ?? c.messages ?? c.prompts)} ${JSON.stringify(c.settings ?? {})} ${JSON.stringify(c.policy ?? {})}`;
 }
