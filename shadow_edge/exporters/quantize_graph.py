@@ -18,7 +18,7 @@ benchmarks/results/quantize_variants.json):
     int4 rounded (grid=False)      72.1%    0%   2.07x  (a second grid over the Q4_1 one)
     int8 grid-exact, level 0       99.8%  100%   0.15x  (the default: exact, slow)
     int8 grid-exact, level 4       98.0%   88%   1.50x  (96.8% on the untrained adapter)
-    int8-dynamic                   52.9% (59.5% per channel), measured before the grid
+    int8-dynamic                   55.1%    0%   (detached 86.6%; fused graphs, 2026-12-01; 52.9% before the grid)
 Level 4's int8 activations are what costs the grid-exact int4 its last 2-3%; at 8 bits onnxruntime
 1.32 is fast only at level 4, whose top-1 hovers around the 97% floor, so int8 stays exact by
 default. Hence int8 is block-wise MatMulNBits and quantize_dynamic stays available by name only.
