@@ -13,6 +13,9 @@ Needs onnx and onnxruntime, not torch.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import shutil
 import tempfile
 import time
@@ -108,7 +111,7 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
 
 
 def _base_on_grid(root: Path, source: Manifest, block: int) -> bool:
-    """Whether the base model's weights (the backbone's, or base_lm's) lie on a 4-bit grid."""
+    """Whether the base model's weights (the backbone's, or base_lm's) lie partly on a 4-bit grid."""
     graph = next((source.graphs[g] for g in (BACKBONE_GRAPH, BASE_LM_GRAPH) if g in source.graphs), None)
     return graph is not None and graph_on_grid(resolve_inside(root, graph.file), 4, block, GRID_SHARE)
 
@@ -123,6 +126,14 @@ def _copy_other_files(source_root: Path, source: Manifest, folder: Path) -> None
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(resolve_inside(source_root, name), target)
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap back to the OS between graphs: glibc keeps the arenas that a graph's copies of
+    the weights grew (4 GB after Gemma 3's four graphs), and evaluation's sessions come on top."""
+    gc.collect()  # onnxruntime's quantizer leaves reference cycles that hold a graph's copy
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def _versions() -> dict[str, str]:
@@ -164,8 +175,9 @@ def quantize_bundle(
     "int4". grid: weights that lie on a block grid (a GGUF base) are stored on it exactly
     (quantize_grid.py), and an embedding table on a symmetric grid is read on it once no float32
     head needs it; False rounds them like any other. off_grid: the precision of the weights on no
-    grid ("auto": int8 when int4 re-quantizes a grid base, where they are the adapter and a trained
-    shadow: a few MB that int4 rounding hurts most; else `to`). accuracy_level: MatMulNBits compute
+    grid ("auto": int8 when int4 re-quantizes a base partly on a grid, a GGUF, where they are the
+    adapter, a trained shadow and the GGUF's own 5-8-bit tensors, which int4 rounding hurts most;
+    else `to`). accuracy_level: MatMulNBits compute
     (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
     quantize (default all; the others are copied float32). modes: the modes the output keeps
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
@@ -203,11 +215,13 @@ def quantize_bundle(
             spec = source.graphs[name]
             model = onnx.load(resolve_inside(source_root, spec.file))  # with its weights, in memory
             if name in chosen:
-                model, done = quantize_model(model, settings)
+                model, done = quantize_model(model, settings, in_place=True)
                 spec = replace(spec, precision=done.precision, quantization=done.record(settings))
             weights.externalize(name, model)
             onnx.save_model(model, folder / spec.file)
             specs[name] = replace(spec, weight_bytes_per_token=weight_bytes_per_token(model))
+            del model
+            _release_freed_memory()
             notify(name)
         _copy_other_files(source_root, source, folder)
         manifest = Manifest(

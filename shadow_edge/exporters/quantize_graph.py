@@ -245,9 +245,13 @@ def _weight_only(
     return model, report
 
 
-def quantize_model(model: onnx.ModelProto, settings: QuantizeSettings) -> tuple[onnx.ModelProto, GraphQuantization]:
-    """A quantized copy of model (weights loaded in memory) and what was done to it."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's model
+def quantize_model(
+    model: onnx.ModelProto, settings: QuantizeSettings, *, in_place: bool = False
+) -> tuple[onnx.ModelProto, GraphQuantization]:
+    """A quantized copy of model (weights loaded in memory) and what was done to it. in_place: rewrite
+    `model` itself (a caller that drops it saves two copies of the weights: 2 GB for Gemma 3)."""
+    if not in_place:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
     excluded, heads = [], []
     for head in head_nodes(model.graph):
         heads.append(head.name)
