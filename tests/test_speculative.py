@@ -146,6 +146,61 @@ def test_each_call_carries_its_own_stats(tiny_exports):
         assert model.stats.to_dict() == alone[1]  # the deprecated attribute: the latest call's
 
 
+CASCADE_PROMPTS = ["hello world", "the cat sat on", "a"]
+
+
+@pytest.mark.parametrize("oracle", [False, True], ids=["real-shadow-head", "drafts-accepted"])
+def test_a_local_escalation_continues_speculatively(tiny_text_export, oracle):
+    """The cascade escalates (threshold 1.5: always); the backbone then verifies the shadow's drafts,
+    its prompt states and cache reused: the attached model's greedy tokens, the shadow's pass over
+    the prompt done once."""
+    bundle = tiny_text_export.bundle
+    attached = shadow_edge.load(bundle, threads=1)
+    settings = dict(max_new_tokens=16, temperature=0, eos_token_ids=[])
+    for prompt in CASCADE_PROMPTS:
+        cascade = shadow_edge.open(bundle, "cascade", threads=1, draft_tokens=3, confidence_threshold=1.5)
+        ids = cascade.encode(prompt)
+        if oracle:
+            cascade.runners[SHADOW_HEAD_GRAPH] = _OracleDrafts(cascade.runners, attached, [ids], [10**9])
+        calls: list[int] = []
+        step = cascade.runners[SHADOW_GRAPH].step
+
+        def counting(cache, input_ids, *args, _step=step, _calls=calls, **kwargs):
+            _calls.append(int(input_ids.shape[1]))
+            return _step(cache, input_ids, *args, **kwargs)
+
+        cascade.runners[SHADOW_GRAPH].step = counting
+        result = cascade.generate(prompt, **settings)
+        assert (result.served_by, result.escalated) == ("attached", True)
+        assert result.token_ids == attached.generate(prompt, **settings).token_ids
+        assert calls == [len(ids)] + [1] * (len(calls) - 1)  # the prompt once, then a token at a time
+        stats = result.speculative
+        assert stats["rounds"] >= 1 and stats["drafted"] >= 1
+        if oracle:
+            assert stats["acceptance"] > 0.9 and stats["rounds"] <= 6
+    plain = shadow_edge.open(bundle, "cascade", threads=1, confidence_threshold=1.5).generate("a", **settings)
+    assert plain.speculative is None  # without draft_tokens, plain attached decoding
+
+
+def test_cascade_draft_tokens_need_a_local_backbone(tiny_text_export):
+    with pytest.raises(GenerationError, match="a cascade with a remote has none"):
+        shadow_edge.open(tiny_text_export.bundle, "cascade", draft_tokens=2, remote="http://127.0.0.1:9")
+    with pytest.raises(GenerationError, match="draft_tokens must be a positive integer"):
+        shadow_edge.open(tiny_text_export.bundle, "cascade", draft_tokens=0)
+
+
+def test_cli_cascade_with_draft_tokens(tiny_text_export):
+    bundle = tiny_text_export.bundle
+    args = ["--prompt", "the cat", "--max-new-tokens", "6", "--greedy", "--json", "--threads", "1"]
+    args += ["--mode", "cascade", "--confidence-threshold", "1.5", "--draft-tokens", "2"]
+    code, output = run_cli("run", bundle, *args)
+    assert code == 0, output
+    result = json.loads(output)
+    want = shadow_edge.load(bundle).generate("the cat", max_new_tokens=6, temperature=0)
+    assert result["served_by"] == "attached" and result["token_ids"] == want.token_ids
+    assert result["speculative"]["rounds"] >= 1
+
+
 def test_draft_length_adapts():
     draft = DraftLength(4)
     draft.update(4, 4)

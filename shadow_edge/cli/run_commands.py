@@ -32,7 +32,12 @@ def run(
     cascade: Annotated[bool, typer.Option("--cascade", help="= --mode cascade")] = False,
     speculative: Annotated[bool, typer.Option("--speculative", help="= --mode speculative")] = False,
     draft_tokens: Annotated[
-        int | None, typer.Option(min=1, help="--mode speculative: most tokens drafted per backbone pass (4)")
+        int | None,
+        typer.Option(
+            min=1,
+            help="--mode speculative: most tokens drafted per backbone pass (4); --mode cascade: decode a local "
+            "escalation speculatively, drafting up to this many",
+        ),
     ] = None,
     remote: Annotated[str | None, typer.Option(help="--mode cascade: OpenAI-compatible server to escalate to")] = None,
     remote_api_key: RemoteApiKey = None,
@@ -91,8 +96,8 @@ def run(
     mode = chosen[0] if chosen else "attached"
     if mode != "cascade" and any(v is not None for v in policy.values()):
         raise GenerationError("--remote and the escalation options need --mode cascade")
-    if mode != "speculative" and draft_tokens is not None:
-        raise GenerationError("--draft-tokens needs --mode speculative")
+    if mode not in ("speculative", "cascade") and draft_tokens is not None:
+        raise GenerationError("--draft-tokens needs --mode speculative or --mode cascade")
     flags = dict(
         max_new_tokens=max_new_tokens,
         temperature=0.0 if greedy else temperature,
