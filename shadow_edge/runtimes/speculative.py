@@ -141,7 +141,8 @@ class Speculation:
 
 
 class _Rounds:
-    """One call's state: caches, the mask [batch, positions], each row's history and buffer."""
+    """One call's state: the mask [batch, positions] over both caches, and per row its history
+    (prompt + tokens given), budget and buffer of tokens not yet yielded."""
 
     def __init__(self, spec: Speculation, prompts, config: GenerationConfig, pad_id: int, stats) -> None:
         self.spec = spec
@@ -207,7 +208,7 @@ class _Rounds:
             yield Step(np.array([r[0] for r in rows], dtype=np.int64), logprobs, [r[2] for r in rows])
 
     def _round(self, want: int, shadow_cache: KVCache, backbone_cache: KVCache) -> tuple[int, int]:
-        """One draft/verify round over every row; returns (drafts per row, most any active row kept)."""
+        """One draft/verify round over every row; returns (drafts per row, the most a row accepted)."""
         spec, batch = self.spec, self.batch
         width = self.mask.shape[1]
         remaining = np.where(self.active, self.max_new - self.produced, 0)
@@ -236,6 +237,7 @@ class _Rounds:
         # 3. accept, row by row; the target at position j needs the drafts before it as history,
         # so it is computed (for all rows at once) only while some row is still deciding
         kept = np.zeros(batch, dtype=np.int64)  # fed positions each row keeps in the caches
+        accepted = np.zeros(batch, dtype=np.int64)
         deciding = self.active.copy()
         histories = list(self.histories)
         for j in range(k + 1):
@@ -254,7 +256,8 @@ class _Rounds:
                     token = int(inverse_cdf(source[None], np.array([rng.random()]))[0])
                     self.pending[b] = token
                 if not stays or token in self.eos:  # the row's round ends
-                    self._count(b, limits[b], j + stays)
+                    accepted[b] = j + stays
+                    self._count(b, limits[b], accepted[b])
                     kept[b] = j + 1
                     deciding[b] = False
                 self._give(b, token, logits[b])
@@ -272,7 +275,7 @@ class _Rounds:
             self.mask = _right_aligned(mask[:, None, :, None], ends, drop)[:, 0, :, 0]
             for cache in (shadow_cache, backbone_cache):
                 cache.update([_right_aligned(t, ends, drop) for t in cache.tensors])
-        return k, int(kept.max()) - 1 if kept.any() else 0
+        return k, int(accepted.max())
 
     def _verify(self, cache: KVCache, fed: np.ndarray, mask: np.ndarray, states: np.ndarray) -> np.ndarray:
         """The backbone's logits [batch, fed, vocab] after each fed position [batch, fed]. A batch
