@@ -267,3 +267,11 @@ def test_smollm2_demo_shadow_drafts_the_commands(smollm2_export):
     question = [{"role": "user", "content": "What is the capital of France?"}]  # the shadow says [REMOTE]
     want = attached.chat(question, temperature=0, max_new_tokens=24).token_ids
     assert speculative.chat(question, temperature=0, max_new_tokens=24).token_ids == want
+    # the cascade escalates on the marker and decodes the attached answer speculatively
+    cascade = shadow_edge.open(smollm2_export.bundle, "cascade", draft_tokens=4, threads=2)
+    escalated = cascade.chat(question, temperature=0, max_new_tokens=24)
+    assert escalated.served_by == "attached" and escalated.reason.startswith("marker")
+    assert escalated.token_ids == want and escalated.speculative["rounds"] >= 1
+    # sampled commands: the drafts pass as greedily (the demo's attached model is nearly certain)
+    sampled = speculative.chat(command, temperature=0.7, seed=3, max_new_tokens=24)
+    assert sampled.speculative["acceptance"] == 1.0 and sampled.text == "ACTION: walk(forward, 3)"
