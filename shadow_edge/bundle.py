@@ -49,6 +49,8 @@ CASCADE_GRAPHS = {
     "local": (SHADOW_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH),
     "remote": (SHADOW_GRAPH, SHADOW_HEAD_GRAPH),
 }
+# the graphs each schedule opens (the cascade's when it escalates on this device)
+SCHEDULE_GRAPHS = MODE_GRAPHS | {"cascade": CASCADE_GRAPHS["local"], "speculative": CASCADE_GRAPHS["local"]}
 
 # I/O names follow optimum / onnxruntime-genai so the detached graph is a plain decoder.
 PAST_KEY = "past_key_values.{}.key"
@@ -77,6 +79,11 @@ class GraphSpec:
     weight_bytes_per_token: int = 0
     precision: str = "float32"  # weights: "float32", "int8" (dynamic) or "int4" (MatMulNBits)
     quantization: dict[str, Any] = field(default_factory=dict)  # method, settings, what was excluded
+
+    @property
+    def cached(self) -> bool:
+        """Whether the graph reads and writes a KV cache (the shadow head does not)."""
+        return any(t.name.startswith("past_key_values.") for t in self.inputs)
 
 
 @dataclass

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import app, console, err_console, friendly_errors
+from .common import command, console, err_console, friendly_errors
 from .reports import print_manifest, warn_fidelity
 
 
-@app.command()
+@command()
 @friendly_errors
 def export(
     checkpoint: Annotated[
@@ -125,7 +125,7 @@ def _escalation(**settings: Any) -> dict[str, Any]:
     return EscalationPolicy().updated(**settings).to_dict() if any(v is not None for v in settings.values()) else {}
 
 
-@app.command()
+@command()
 @friendly_errors
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],

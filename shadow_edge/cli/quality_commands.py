@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .common import app, console, err_console, fail, friendly_errors
+from .common import command, console, err_console, fail, friendly_errors
 from .reports import print_fidelity, print_manifest, warn_fidelity
 
 # ---- quantize and eval ------------------------------------------------------------------------
@@ -26,7 +26,7 @@ def _read_text(path: Path | None) -> str | None:
         raise BundleError(f"cannot read --text {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-@app.command()
+@command()
 @friendly_errors
 def quantize(
     bundle: Annotated[Path, typer.Argument(help="float32 bundle folder")],
@@ -101,7 +101,7 @@ def quantize(
     console.print(f"[green]quantized[/] {result.output} in {result.seconds:.1f} s")
 
 
-@app.command(name="eval")
+@command("eval")
 @friendly_errors
 def eval_(
     bundle: Annotated[Path, typer.Argument(help="bundle folder to evaluate")],
