@@ -248,7 +248,18 @@ def test_cli_run_cascade_json_and_errors(tiny_text_export):
     assert_one_line_error([bundle, "--prompt", "a", "--remote", "http://127.0.0.1:9"], "need --mode cascade")
     assert_one_line_error([bundle, "--prompt", "a", "--cascade", "--detached"], "choose one")
     assert_one_line_error(
-        [bundle, "--prompt", "a", "--cascade", "--remote", "http://127.0.0.1:9", "--confidence-threshold", "2"],
+        # --chat: a plain prompt to this chat-trained bundle would add a warning line
+        [
+            bundle,
+            "--chat",
+            "--prompt",
+            "a",
+            "--cascade",
+            "--remote",
+            "http://127.0.0.1:9",
+            "--confidence-threshold",
+            "2",
+        ],
         "cannot reach the remote http://127.0.0.1:9",
     )
 

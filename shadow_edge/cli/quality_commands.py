@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .common import command, console, err_console, fail, friendly_errors
+from ..progress import Progress
+from .common import command, console, fail, friendly_errors
+from .progress_bar import progress_bar
 from .reports import print_fidelity, print_manifest, warn_fidelity
 
 # ---- quantize and eval ------------------------------------------------------------------------
@@ -56,13 +58,12 @@ def quantize(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Quantize a bundle's weights (int8/int4) and report its fidelity against the source."""
+    from ..bundle import read_manifest
     from ..exporters.quantize import quantize_bundle
 
-    with (
-        err_console.status(f"quantizing to {to} and evaluating", spinner="dots")
-        if not as_json
-        else contextlib.nullcontext()
-    ):
+    # quantize_bundle() names each graph as it is written, then "mobile", then "evaluate" (last)
+    graphs = None if only else len(read_manifest(bundle).graphs)
+    with progress_bar(quiet=as_json) as progress:
         result = quantize_bundle(
             bundle,
             output,
@@ -80,6 +81,7 @@ def quantize(
             text=_read_text(text),
             threads=threads,
             mobile=mobile,
+            progress=quantize_stages(progress, to, graphs, mobile, check),
         )
     m = result.manifest
     warn_fidelity(result.warnings)
@@ -99,6 +101,32 @@ def quantize(
         return
     print_manifest(result.output)
     console.print(f"[green]quantized[/] {result.output} in {result.seconds:.1f} s")
+
+
+def quantize_stages(
+    progress: Progress, to: str, graphs: int | None, mobile: bool, check: bool
+) -> Callable[[str], None]:
+    """quantize_bundle()'s stage names as progress steps: `graphs` graph files (None: not known
+    ahead, with --only), the mobile files, the evaluation."""
+    total = graphs + mobile + 1 if graphs is not None else None
+    done = 0
+    after_graphs = "evaluating against the source" if check else "writing the manifest"
+    progress(f"quantizing to {to}", done, total)
+
+    def stage(name: str) -> None:
+        nonlocal done
+        done += 1
+        if name == "evaluate":
+            label = "done"
+        elif name == "mobile":
+            label = after_graphs
+        elif graphs is None or done < graphs:
+            label = f"quantizing to {to} ({name} written)"
+        else:
+            label = "writing the mobile graphs" if mobile else after_graphs
+        progress(label, done, total)
+
+    return stage
 
 
 @command("eval")
@@ -123,9 +151,17 @@ def eval_(
         fail("give one of --against BUNDLE or --reference CHECKPOINT")
     if base is not None and reference is None:
         fail("--base goes with --reference (the checkpoint's base model)")
-    report = evaluate(
-        bundle, against, text=_read_text(text), modes=mode, threads=threads, reference=reference, base=base
-    )
+    with progress_bar(quiet=as_json) as progress:
+        report = evaluate(
+            bundle,
+            against,
+            text=_read_text(text),
+            modes=mode,
+            threads=threads,
+            reference=reference,
+            base=base,
+            progress=progress,
+        )
     if as_json:
         print(json.dumps(report))
         return

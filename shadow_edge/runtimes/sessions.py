@@ -1,4 +1,6 @@
 """onnxruntime sessions for bundle graphs, one per graph, each a step function over numpy arrays.
+open_runners() is where every session is opened: the runtime's loaders, export validation and
+evaluation all go through it, with the same options.
 
 A step takes the new tokens, the attention mask over past + new positions, their position ids,
 and the graph's KV cache; it returns the graph's first output (shadow_states or logits) and
@@ -8,12 +10,28 @@ updates the cache in place.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec, shape_mismatch
+from ..bundle import (
+    BACKBONE_GRAPH,
+    BASE_LM_GRAPH,
+    LOGITS_TO_KEEP,
+    SHADOW_GRAPH,
+    SHADOW_HEAD_GRAPH,
+    SHADOW_LM_GRAPH,
+    SHADOW_STATES,
+    CacheSpec,
+    GraphSpec,
+    ModelSpec,
+    cache_for,
+    resolve_inside,
+    shape_mismatch,
+)
 from ..errors import BundleError
 from .kv_cache import KVCache
 
@@ -41,7 +59,7 @@ def capped_threads(threads: int | None) -> tuple[int | None, str]:
 def session_options(threads: int | None = None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
     """CPU options; prepack=False keeps MatMul/Gemm weights in the memory-mapped weights file
     instead of a private repacked copy per session; spin=False lets the intra-op threads sleep as
-    soon as a run ends (see runtimes/model.py for when)."""
+    soon as a run ends (SPIN says when)."""
     options = ort.SessionOptions()
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
@@ -53,6 +71,42 @@ def session_options(threads: int | None = None, prepack: bool = True, spin: bool
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
+
+
+# Thread spinning. Each session has its own intra-op pool whose threads spin for a while after a
+# run. In attached mode the shadow graph's spinning threads then steal the cores from the backbone
+# that runs right after it: on 2 cores this halved attached decoding (SmolLM2, 2 threads: 19-21
+# tok/s with spinning everywhere, 28-34 tok/s with the shadow's pool sleeping; the base model
+# alone: 37). The small shadow graph loses nothing measurable by waking its threads from sleep.
+# The cascade's shadow head runs between two shadow steps, the same situation.
+SPIN = {
+    SHADOW_GRAPH: False,
+    BACKBONE_GRAPH: True,
+    SHADOW_LM_GRAPH: True,
+    BASE_LM_GRAPH: True,
+    SHADOW_HEAD_GRAPH: False,
+}
+
+
+def open_runners(
+    root: Path,
+    graphs: Mapping[str, GraphSpec],
+    model: ModelSpec,
+    names: Sequence[str],
+    threads: int | None = None,
+    prepack: bool = True,
+) -> dict[str, GraphRunner]:
+    """A GraphRunner for each named graph of the bundle folder `root` (its files already checked),
+    with session_options() and SPIN. onnxruntime releases the GIL while it builds a session: the
+    graphs open side by side."""
+
+    def runner(name: str) -> GraphRunner:
+        spec = graphs[name]
+        options = session_options(threads, prepack=prepack, spin=SPIN[name])
+        return GraphRunner(resolve_inside(root, spec.file), spec, cache_for(model, name), options)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), 2))) as pool:
+        return dict(zip(names, pool.map(runner, names), strict=True))
 
 
 class GraphRunner:
