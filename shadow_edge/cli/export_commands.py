@@ -112,7 +112,7 @@ def export(
 
 def _escalation(**settings: Any) -> dict[str, Any]:
     """Escalation settings given on the command line ('' turns the marker off)."""
-    from ..runtimes.escalation import EscalationPolicy
+    from ..escalation_policy import EscalationPolicy
 
     return EscalationPolicy().updated(**settings).to_dict() if any(v is not None for v in settings.values()) else {}
 

@@ -33,7 +33,7 @@ from ..bundle import (
     modes_of,
 )
 from ..errors import ExportError
-from ..runtimes.escalation import EscalationPolicy
+from ..escalation_policy import EscalationPolicy
 from .loaders import SEQ_CLS, ShadowCheckpoint, load_checkpoint
 from .onnx_export import BUILDERS, DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
 from .staging import check_not_an_input, staging

@@ -125,12 +125,19 @@ class GraphRunner:
         self._check_against_manifest(path.name)
 
     def _check_against_manifest(self, file: str) -> None:
-        """The graph must take the inputs the manifest lists, with the cache's KV shapes: a manifest
-        that disagrees with its graph is refused here, not by a shape error mid-generation."""
+        """The graph must take the inputs and give the outputs the manifest lists (which
+        check_consistency checked against bundle.GRAPH_KINDS), with the cache's KV shapes: a
+        manifest that disagrees with its graph is refused here, not by a shape error mid-generation."""
         listed = {t.name for t in self.spec.inputs}
         if self.input_names != listed:
             odd = sorted(self.input_names ^ listed)
             raise BundleError(f"{file} does not match the manifest: inputs {odd[:4]} are in one but not the other")
+        listed_outputs = [t.name for t in self.spec.outputs]
+        if self.output_names != listed_outputs:  # step() reads the first, then the cache's in order
+            raise BundleError(
+                f"{file} does not match the manifest: its outputs {self.output_names[:3]} "
+                f"are not the manifest's {listed_outputs[:3]} (in that order)"
+            )
         for value in self.session.get_inputs():
             wrong = shape_mismatch(value.name, value.shape, self.cache_spec)
             if wrong:
