@@ -101,7 +101,7 @@ def main() -> None:
                   "graph_builders": manifest.source["graph_builders"]}}
     """)
     quantize = _child(f"""
-        from shadow_edge.exporters.quantize import quantize_bundle
+        from shadow_edge.bundle_tools.quantize import quantize_bundle
         from shadow_edge.bundle import read_manifest
         quantize_bundle({str(fp32)!r}, {str(int4)!r}, "int4", threads={args.threads}, force=True)
         result = {{"fidelity": read_manifest({str(int4)!r}).fidelity}}

@@ -218,7 +218,7 @@ def test_bundle_without_head_is_refused_with_a_hint(tiny_text_export, tmp_path):
 
 
 def test_a_quantized_bundle_keeps_the_policy_and_cascades(tiny_text_export, tmp_path):
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     # --only attached keeps the head graph too (it holds no weights of its own)
     out = quantize_bundle(tiny_text_export.bundle, tmp_path / "q", "int8", modes=["attached"], check=False).output

@@ -10,11 +10,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from shadow_edge.bundle import read_manifest
+from shadow_edge.bundle_tools.evaluate import evaluate
+from shadow_edge.bundle_tools.quantize import quantize_bundle
 from shadow_edge.cli import app
 from shadow_edge.cli import progress_bar as bar_module
 from shadow_edge.cli.quality_commands import quantize_stages
-from shadow_edge.exporters.evaluate import evaluate
-from shadow_edge.exporters.quantize import quantize_bundle
 from shadow_edge.progress import silent
 from shadow_edge.runtimes.bench import BenchSettings, bench
 

@@ -13,9 +13,9 @@ from models import tiny_base, write_checkpoint
 from safetensors.numpy import load_file, save_file
 
 from shadow_edge.bundle import read_manifest
-from shadow_edge.exporters.quantize import quantize_bundle
-from shadow_edge.exporters.quantize_graph import head_nodes
-from shadow_edge.exporters.quantize_grid import fit_blocks
+from shadow_edge.bundle_tools.quantize import quantize_bundle
+from shadow_edge.bundle_tools.quantize_graph import head_nodes
+from shadow_edge.bundle_tools.quantize_grid import fit_blocks
 
 BLOCK = 16  # the tiny models' sizes (32, 48) are multiples of 16
 

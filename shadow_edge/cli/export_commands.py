@@ -74,7 +74,7 @@ def export(
         if quantize != "none":
             from functools import partial
 
-            from ..exporters.quantize import export_quantized
+            from ..bundle_tools.quantize import export_quantized
 
             do_export = partial(export_quantized, to=quantize)
         result = do_export(

@@ -59,7 +59,7 @@ def quantize(
 ) -> None:
     """Quantize a bundle's weights (int8/int4) and report its fidelity against the source."""
     from ..bundle import read_manifest
-    from ..exporters.quantize import quantize_bundle
+    from ..bundle_tools.quantize import quantize_bundle
 
     # quantize_bundle() names each graph as it is written, then "mobile", then "evaluate" (last)
     graphs = None if only else len(read_manifest(bundle).graphs)
@@ -145,7 +145,7 @@ def eval_(
 ) -> None:
     """Fidelity of BUNDLE against another bundle or its PyTorch checkpoint: top-1 agreement, KL,
     perplexity, greedy agreement, per mode."""
-    from ..exporters.evaluate import evaluate
+    from ..bundle_tools.evaluate import evaluate
 
     if (against is None) == (reference is None):
         fail("give one of --against BUNDLE or --reference CHECKPOINT")

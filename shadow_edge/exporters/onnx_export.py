@@ -33,6 +33,7 @@ from ..bundle import (
     CacheSpec,
     TensorSpec,
 )
+from ..bundle_tools.weights import WEIGHTS_FILE, SharedWeights, drop_unused_initializers, weight_bytes_per_token
 from ..errors import ExportError
 from .graphs import (
     GROUPED_ATTENTION,
@@ -44,7 +45,6 @@ from .graphs import (
     shadow_lm_graph,
 )
 from .onnx_build import build_graph, supported
-from .weights import WEIGHTS_FILE, SharedWeights, drop_unused_initializers, weight_bytes_per_token
 
 DEFAULT_OPSET = 17
 

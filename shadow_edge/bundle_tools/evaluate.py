@@ -28,7 +28,7 @@ from ..runtimes.sessions import open_runners
 from .eval_text import EVAL_TEXT
 
 if TYPE_CHECKING:
-    from .eval_reference import ReferenceEngine
+    from ..exporters.eval_reference import ReferenceEngine
 
 MAX_TOKENS = 512
 GREEDY_PROMPTS = 8
@@ -150,7 +150,7 @@ def evaluate(
         label, available, open_reference = _bundle_reference(Path(against), manifest, threads)
         where = "both bundles"
     else:
-        from .eval_reference import checkpoint_reference
+        from ..exporters.eval_reference import checkpoint_reference
 
         label, available, open_reference = checkpoint_reference(reference, base, manifest, threads)
         where = "both the bundle and the checkpoint"
