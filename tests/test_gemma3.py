@@ -5,8 +5,6 @@ text generation compared with shadow-peft recomputing the whole sequence."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from models import assert_greedy_like_reference
 
@@ -31,16 +29,9 @@ def gemma3_int4(gemma3_export, tmp_path_factory):
     from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     out = tmp_path_factory.mktemp("gemma3-int4") / "bundle"
-    # the GGUF's Q5_0/Q6_K/Q8_0 tensors at 8 bits, its Q4_K ones grid-exact at 4 (README: Gemma 3 270M)
-    return quantize_bundle(gemma3_export.bundle, out, "int4", threads=2, off_grid="int8").output
-
-
-# Off in CI: quantizing Gemma 3 270M to int4 takes 260-680 s and 13 GB here. int4 does not keep all its
-# greedy tokens, so the test asserts the agreement it measured (top-1 96.7% attached, 98.2% detached with
-# the recipe above; README has the figures), not equality.
-needs_int4 = pytest.mark.skipif(
-    not os.environ.get("SHADOW_EDGE_GEMMA3_INT4"), reason="set SHADOW_EDGE_GEMMA3_INT4=1 (slow, 13 GB)"
-)
+    # quantize's defaults: the GGUF's Q5_0/Q6_K/Q8_0 tensors at 8 bits (off-grid auto: the base is partly
+    # on a grid), its Q4_K ones grid-exact at 4, an int8 head (README: Gemma 3 270M). ~5.6 GB peak.
+    return quantize_bundle(gemma3_export.bundle, out, "int4", threads=2).output
 
 
 def test_gemma3_bundle_is_fused_and_validates_against_shadow_peft(gemma3_export):
@@ -68,8 +59,26 @@ def test_gemma3_text_generation_equals_shadow_peft_greedy(gemma3_export, referen
     _greedy_equals_the_reference(gemma3_export.bundle, reference, mode)
 
 
-@needs_int4
 def test_gemma3_int4_keeps_top1_agreement_with_fp32(gemma3_int4):
-    fidelity = read_manifest(gemma3_int4).fidelity
+    """int4 does not keep every greedy token, so this asserts the agreement measured (README: top-1
+    96.7% attached, 98.2% detached), not equality; the default recipe once gave 70% (Q5_0 at 4 bits)."""
+    manifest = read_manifest(gemma3_int4)
+    assert {g.quantization["off_grid"] for g in manifest.graphs.values()} == {"int8"}
+    assert manifest.graphs["backbone"].quantization["grid_matmuls"] > 0  # the Q4_K tensors, exactly
     for mode in ("attached", "detached"):
-        assert fidelity["modes"][mode]["top1_agreement"] >= 0.95, (mode, fidelity["modes"][mode])
+        figures = manifest.fidelity["modes"][mode]
+        assert figures["top1_agreement"] >= 0.95 and figures["mean_kl"] < 0.01, (mode, figures)
+    assert manifest.fidelity["passed"] or manifest.fidelity["failures"] == [
+        "attached: greedy_agreement 50.0% < 75%"
+    ]  # 8 prompts x 8 tokens: 4 of them keep all 8 (55% of tokens); README says so
+
+
+@pytest.mark.parametrize("mode", ["attached", "detached"])
+def test_gemma3_int4_text_generation_starts_like_fp32(gemma3_export, gemma3_int4, mode):
+    """Through the text path (tokenizer, sampling loop, detokenizer): the first greedy tokens of int4
+    are fp32's (measured: all 8 of this prompt in both modes)."""
+    want, got = (
+        shadow_edge.load(bundle, mode=mode, threads=2).generate(PROMPTS[0], max_new_tokens=8, temperature=0.0)
+        for bundle in (gemma3_export.bundle, gemma3_int4)
+    )
+    assert got.token_ids[:4] == want.token_ids[:4], (got.text, want.text)

@@ -45,7 +45,7 @@ def test_open_refuses_a_mode_the_bundle_lacks_and_options_of_another_mode(tiny_e
         shadow_edge.open(bundle, mode="base")
     with pytest.raises(ValueError, match="mode must be one of attached, detached, base, cascade, speculative"):
         shadow_edge.open(bundle, mode="fast")
-    with pytest.raises(ValueError, match="draft_tokens applies to speculative mode only"):
+    with pytest.raises(ValueError, match="draft_tokens applies to speculative and cascade modes only"):
         shadow_edge.open(bundle, mode="attached", draft_tokens=2)
     with pytest.raises(ValueError, match="remote apply to cascade mode only"):
         shadow_edge.open(bundle, mode="detached", remote="http://127.0.0.1:1")
@@ -71,7 +71,7 @@ def test_run_refuses_two_modes_and_options_of_another(tiny_exports):
     result = CliRunner().invoke(app, ["run", bundle, "--prompt-ids", "1", "--mode", "detached", "--cascade"])
     assert result.exit_code == 1 and "different modes" in result.stderr
     result = CliRunner().invoke(app, ["run", bundle, "--prompt-ids", "1", "--draft-tokens", "2"])
-    assert result.exit_code == 1 and "--draft-tokens needs --mode speculative" in result.stderr
+    assert result.exit_code == 1 and "--draft-tokens needs --mode speculative or --mode cascade" in result.stderr
 
 
 def test_serve_mode_speculative_answers_as_the_library(tiny_exports):

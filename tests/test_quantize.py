@@ -110,6 +110,39 @@ def test_int8_is_close_to_the_source_on_tiny_models(tiny_exports, tmp_path):
     assert fidelity["floors"] == {"top1_agreement": 0.97, "greedy_agreement": 0.75}
 
 
+def test_int8_dynamic_quantizes_fused_graphs_runs_and_reports_its_fidelity(tiny_exports, tmp_path):
+    """quantize_dynamic cannot type the outputs of the contrib ops of a fused graph (onnx's shape
+    inference): float32 is assumed, so every weight MatMul becomes DynamicQuantizeLinear + MatMulInteger."""
+    manifest = quantize_bundle(tiny_exports["llama"].bundle, tmp_path / "q", "int8-dynamic").manifest
+    for name in ("shadow", "shadow_lm", "backbone"):
+        ops = Counter(n.op_type for n in _graph(tmp_path / "q", name).node)
+        assert ops["GroupQueryAttention"] and ops["SkipSimplifiedLayerNormalization"]  # a fused graph
+        assert ops["MatMulInteger"] >= 8 and ops["MatMul"] == 0  # every projection; the head is a Gemm
+        assert manifest.graphs[name].precision == "int8-dynamic"
+    for mode, figures in manifest.fidelity["modes"].items():  # measured: 93.8% attached, 94.5% detached
+        assert figures["top1_agreement"] >= 0.9 and figures["mean_kl"] < 0.01, mode
+        result = shadow_edge.load(tmp_path / "q", mode=mode).generate([5, 6, 7], max_new_tokens=6, temperature=0)
+        assert len(result.token_ids) == 6
+
+
+def test_web_profile_keeps_the_head_float32_and_computes_at_accuracy_level_0(tiny_exports, tmp_path):
+    code, output = run_cli(
+        "quantize", tiny_exports["llama"].bundle, tmp_path / "q", "--profile", "web", "--no-eval", "--json"
+    )
+    assert code == 0, output
+    manifest = read_manifest(tmp_path / "q")
+    assert manifest.source["quantized_from"]["profile"] == "web"
+    for name in ("shadow_lm", "backbone"):
+        graph = _graph(tmp_path / "q", name)
+        (head,) = head_nodes(graph)
+        assert head.op_type == "Gemm" and _weight_type(graph, head.input[1]) == TensorProto.FLOAT
+        nbits = [{a.name: a.i for a in n.attribute} for n in graph.node if n.op_type == "MatMulNBits"]
+        assert len(nbits) >= 7 and {a.get("accuracy_level", 0) for a in nbits} == {0}  # 0: the attribute's default
+        assert manifest.graphs[name].quantization | {"head": "float32", "bits": 4, "accuracy_level": 0} == (
+            manifest.graphs[name].quantization
+        )
+
+
 # ---- failures: typed errors, one line, nothing written ------------------------------------------
 
 
@@ -138,6 +171,8 @@ def test_without_strict_the_shortfall_is_reported_loudly(tiny_exports, tmp_path)
         (["--accuracy-level", "7"], "accuracy level 7 is not one of"),
         (["--only", "base"], "has no base mode"),
         (["--graph", "nope"], "no graph 'nope'"),
+        (["--profile", "phone"], "no profile 'phone': choose one of native, web"),
+        (["--profile", "web", "--quantize-head", "int8"], "the web profile keeps the head float32"),
     ],
 )
 def test_bad_settings_give_one_line_errors(tiny_exports, tmp_path, args, expected):

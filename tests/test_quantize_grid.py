@@ -45,6 +45,21 @@ def test_q4_1_blocks_are_reproduced_exactly(bits):
     assert fit.packed().shape == (40, 64 // BLOCK, BLOCK * bits // 8)
 
 
+def test_a_wide_weight_is_fitted_in_column_chunks_with_the_same_result(monkeypatch):
+    """fit_blocks bounds its float64 search by fitting FIT_COLUMNS output columns at a time (a 262k-row
+    head peaked at ~6 GB in one piece): the chunked fit must equal the whole one, bit for bit."""
+    from shadow_edge.exporters import quantize_grid
+
+    rng = np.random.default_rng(3)
+    w = np.concatenate([q4_1(rng.normal(size=(37, 64)).astype(np.float32)), rng.normal(size=(30, 64))]).T
+    whole = fit_blocks(w.astype(np.float32), 4, BLOCK)
+    monkeypatch.setattr(quantize_grid, "FIT_COLUMNS", 8)  # 67 columns: 8 full chunks and a short one
+    chunked = fit_blocks(w.astype(np.float32), 4, BLOCK)
+    assert 0 < whole.exact_share < 1  # both kinds of block, so both paths of the search are compared
+    for field in ("q", "scales", "offsets", "exact"):
+        np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))
+
+
 def test_q8_0_at_8_bits_needs_no_offsets_and_random_weights_lie_on_no_grid():
     rng = np.random.default_rng(1)
     w = q8_0(rng.normal(size=(24, 32)).astype(np.float32)).T
@@ -68,23 +83,35 @@ def test_a_constant_block_is_its_offset():
 # ---- a tiny GGUF-like base: layers on a Q4_1 grid, the embedding on Q8_0 ----------------------
 
 
-@pytest.fixture(scope="module")
-def gguf_like(tmp_path_factory) -> Path:
-    """A tiny Llama whose layer weights are Q4_1 round trips and whose (tied) table a Q8_0 one,
+def _gguf_like(root: Path, layer_grid) -> Path:
+    """A tiny Llama whose (tied) table is a Q8_0 round trip and each layer weight `layer_grid(name)`'s,
     exported with its base-only graph."""
     import shadow_edge
 
-    root = tmp_path_factory.mktemp("gguf-like")
     base = tiny_base(root / "ckpt" / "base", "llama", seed=5)
     weights = load_file(base / "model.safetensors")
     for name, w in weights.items():
         if name.endswith("embed_tokens.weight"):
             weights[name] = q8_0(w)
         elif w.ndim == 2:
-            weights[name] = q4_1(w)
+            weights[name] = layer_grid(name)(w)
     save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
     ckpt = write_checkpoint(root / "ckpt", base)
     return shadow_edge.export(ckpt, root / "bundle", with_base=True).output
+
+
+@pytest.fixture(scope="module")
+def gguf_like(tmp_path_factory) -> Path:
+    """Layers on a Q4_1 grid, the embedding on Q8_0."""
+    return _gguf_like(tmp_path_factory.mktemp("gguf-like"), lambda name: q4_1)
+
+
+@pytest.fixture(scope="module")
+def gguf_mixed(tmp_path_factory) -> Path:
+    """A mixed GGUF like Gemma 3 270M's Q4_K_M: attention's q, k, v (the first MatMul the probe reads)
+    and gate/up in Q8_0, off any 4-bit grid; o and down in Q4_1."""
+    mixed = lambda name: q4_1 if name.endswith(("o_proj.weight", "down_proj.weight")) else q8_0  # noqa: E731
+    return _gguf_like(tmp_path_factory.mktemp("gguf-mixed"), mixed)
 
 
 def test_grid_exact_int4_loses_nothing_where_rounding_loses_a_lot(gguf_like, tmp_path):
@@ -142,6 +169,20 @@ def test_beside_a_grid_base_the_off_grid_adapter_is_rounded_at_8_bits(gguf_like,
         gguf_like, tmp_path / "int4", "int4", block_size=BLOCK, off_grid="int4", quantize_head=True, check=False
     )
     assert set(bits_of(tmp_path / "int4", "backbone")) == {4}
+
+
+def test_beside_a_mixed_gguf_base_its_8_bit_tensors_are_rounded_at_8_bits_not_4(gguf_mixed, tmp_path):
+    """auto off-grid looks for any grid among the base's first MatMuls, not all: Gemma 3's Q4_K_M has
+    Q5_0 q|k|v first, and rounding those to 4 bits cost 26 points of top-1 (README, Gemma 3 270M)."""
+    manifest = quantize_bundle(gguf_mixed, tmp_path / "auto", "int4", block_size=BLOCK, modes=["base"]).manifest
+    record = manifest.graphs["base_lm"].quantization
+    assert record["off_grid"] == "int8"
+    assert record["grid_matmuls"] == 3 * 2 + 1 and record["off_grid_matmuls"] == 3 * 2  # o, down; the head
+    auto = manifest.fidelity["modes"]["base"]
+    rounded = quantize_bundle(gguf_mixed, tmp_path / "int4", "int4", block_size=BLOCK, modes=["base"], off_grid="int4")
+    assert "off_grid" in rounded.manifest.graphs["base_lm"].quantization
+    # the Q8_0 layers at 8 bits are near exact; at 4 bits they are re-rounded onto a second grid
+    assert auto["mean_kl"] < rounded.manifest.fidelity["modes"]["base"]["mean_kl"] / 5
 
 
 def test_an_ordinary_model_is_rounded_at_the_precision_asked(tiny_exports, tmp_path):

@@ -112,8 +112,7 @@ def test_invalid_openai_settings_raise_a_generation_error(model, settings):
         model.generate(PROMPT, max_new_tokens=2, **settings)
 
 
-@pytest.mark.parametrize("mode", ["cascade", "speculative"])
-def test_modes_without_logprobs_refuse_them(tiny_exports, mode):
-    model = shadow_edge.open(tiny_exports["llama"].bundle, mode=mode, threads=1)
+def test_the_cascade_refuses_logprobs(tiny_exports):
+    model = shadow_edge.open(tiny_exports["llama"].bundle, mode="cascade", threads=1)
     with pytest.raises(GenerationError, match="log-probabilities"):
         model.generate(PROMPT, max_new_tokens=2, logprobs=1)

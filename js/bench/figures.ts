@@ -12,7 +12,8 @@ export interface BenchRequest {
 }
 
 export interface HostFigures {
-  host: "python" | "node" | "chromium" | "wllama";
+  host: "python" | "node" | "chromium" | "wllama" | "transformers.js";
+  bundle?: string; // which of the run's bundles (hosts.ts labels them); a peer runs its own model
   mode: string;
   load_s: number; // manifest to ready sessions (Chromium: fetching the files from localhost included)
   prefill_s: number; // median over the runs

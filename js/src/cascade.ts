@@ -13,7 +13,7 @@
  * The escalated answer is the attached model's answer to the prompt alone, so a greedy cascade
  * that escalates gives the attached model's greedy tokens. */
 
-import { type Caches, type Decoder, Engine, lastRow } from "./engine.js";
+import { type Caches, type Decoder, Engine, lastRow, type Rows } from "./engine.js";
 import { Decision, type EscalationPolicy, nextTokenStats, type PolicyOverrides, policyFromManifest, updatePolicy } from "./escalation.js";
 import { GenerationError } from "./errors.js";
 import { collect, type GenerateOptions, type GenerationConfig, type GenerationResult, type Response, resolveMaxNewTokens, streamTokens } from "./generate.js";
@@ -53,7 +53,7 @@ class ShadowFirst implements Decoder {
     return { [SHADOW_GRAPH]: this.shadow.newCache() };
   }
 
-  async forward(caches: Caches, ids: number[], keep = 1): Promise<Tensor> {
+  async forward(caches: Caches, ids: Rows, keep = 1): Promise<Tensor> {
     const cache = caches[SHADOW_GRAPH];
     const states = await this.shadow.step(cache, ids);
     if (this.promptStates === null) {
@@ -92,10 +92,10 @@ class Resumed implements Decoder {
     return caches;
   }
 
-  forward(caches: Caches, ids: number[], keep = 1): Promise<Tensor> {
+  forward(caches: Caches, ids: Rows, keep = 1, mask?: Rows): Promise<Tensor> {
     const states = this.states ?? undefined;
     this.states = null;
-    return this.engine.forward(caches, ids, keep, states);
+    return this.engine.forward(caches, ids, keep, mask, states);
   }
 }
 
@@ -168,6 +168,10 @@ export class CascadeModel extends ShadowEdgeModel {
     return this.collectCascade(this.start(this.encodeChat(messages), messages, options));
   }
 
+  override streamBatch(): never {
+    throw new GenerationError("the cascade answers one prompt at a time (escalation is decided per prompt)");
+  }
+
   override logits(): Promise<Float32Array[]> {
     throw new GenerationError("the cascade has no single set of logits: load the bundle in one mode for that");
   }
@@ -232,6 +236,7 @@ export class CascadeModel extends ShadowEdgeModel {
       const now = (performance.now() - started) / 1000;
       firstS ||= now;
       yield {
+        index: 0,
         token: chunk.tokenIds.length ? chunk.tokenIds[chunk.tokenIds.length - 1] : -1,
         text: chunk.text,
         promptTokens: ids.length,

@@ -1,17 +1,19 @@
-/** Generation in three layers (shadow_edge/runtimes/generate.py), for one sequence:
+/** Generation in three layers (shadow_edge/runtimes/generate.py), for a batch of prompts:
  *
- *     stepTokens()    the step generator: prefill, then one sampled token per step (ids only)
- *     streamTokens()  `Response`s with text pieces, stop conditions and stats, as an async iterator
- *     collect()       drains a stream into one `GenerationResult` (the convenience call)
+ *     stepTokens()    the step generator: prefill, then one sampled token per row per step (ids only)
+ *     streamRows()    `Response`s with text pieces, stop conditions and stats, as an async iterator
+ *                     (streamTokens(): the same for one prompt)
+ *     collectRows()   drains a stream into one `GenerationResult` per row (collect(): one prompt)
  *
- * It finishes on an EOS id ("eos": the id is kept in tokenIds, its text is not), on a stop string
+ * A row finishes on an EOS id ("eos": the id is kept in tokenIds, its text is not), on a stop string
  * ("stop": the text ends before it, tokenIds end with the token that completed it) or after
- * maxNewTokens ("length"). */
+ * maxNewTokens ("length"). Rows are left-padded and finish independently; a finished row's cache
+ * keeps being fed until the whole batch is done, its tokens are dropped. Each row samples with its
+ * own generator seeded with the seed: a row gets the tokens it would get alone. */
 
-import type { Decoder } from "./engine.js";
-import { lastRow } from "./engine.js";
+import { type Decoder, lastRow, leftPad, type Rows } from "./engine.js";
 import { GenerationError } from "./errors.js";
-import { checkSettings, type LogitsProcessor, makeLogitsProcessors, makeSampler, type Sampler, seededGenerator } from "./sampling.js";
+import { checkSettings, type LogitsProcessor, makeLogitsProcessors, makeSampler, type Sampler, seededGenerators } from "./sampling.js";
 import type { NumpyRandom } from "./rng.js";
 import { StreamDecoder, type Tokenizer } from "./tokenizer.js";
 
@@ -29,8 +31,9 @@ export interface GenerationConfig {
 export type GenerateOptions = Partial<GenerationConfig>;
 export type FinishReason = "eos" | "stop" | "length";
 
-/** One generated token, with the text it made stable and the stats so far. */
+/** One generated token of one row, with the text it made stable and the stats so far. */
 export interface Response {
+  index: number; // row of the batch
   token: number;
   text: string; // "" when the token completes no character yet, or the bundle has no tokenizer
   promptTokens: number;
@@ -57,6 +60,7 @@ export interface GenerationContext {
   contextLength: number;
   defaultMaxNewTokens: number;
   defaultEos: number[];
+  padTokenId: number; // fills the left of shorter prompts in a batch (masked out)
 }
 
 export function checkPrompt(ids: number[], vocabSize: number, context: number): void {
@@ -81,34 +85,48 @@ export function resolveMaxNewTokens(requested: number | undefined, fallback: num
   return requested;
 }
 
-/** Yields the next token forever; the caller stops it. */
+/** Yields the next token of every row, forever; the caller stops it. */
 export async function* stepTokens(
   decoder: Decoder,
-  prompt: number[],
+  prompts: Rows,
   sampler: Sampler,
   processors: LogitsProcessor[],
-  rng: NumpyRandom,
-): AsyncGenerator<number> {
-  const caches = decoder.start();
-  const history = [...prompt];
-  let logits = lastRow(await decoder.forward(caches, prompt, 1));
+  rngs: NumpyRandom[],
+  padId: number,
+): AsyncGenerator<number[]> {
+  const { ids, mask } = leftPad(prompts, padId);
+  const caches = decoder.start(prompts.length);
+  const histories = prompts.map((prompt) => [...prompt]);
+  let logits = await decoder.forward(caches, ids, 1, mask);
   for (;;) {
-    for (const process of processors) logits = process(history, logits);
-    const token = sampler(logits, rng);
-    yield token;
-    history.push(token);
-    logits = lastRow(await decoder.forward(caches, [token], 1));
+    const tokens = histories.map((history, b) => {
+      let row = lastRow(logits, b);
+      for (const process of processors) row = process(history, row);
+      return sampler(row, rngs[b]);
+    });
+    yield tokens;
+    tokens.forEach((token, b) => {
+      histories[b].push(token);
+      mask[b].push(1);
+    });
+    logits = await decoder.forward(
+      caches,
+      tokens.map((token) => [token]),
+      1,
+      mask,
+    );
   }
 }
 
-/** stepTokens with the sampler, processors and generator the config asks for. */
-export function sampledTokens(decoder: Decoder, prompt: number[], config: GenerationConfig): AsyncGenerator<number> {
+/** stepTokens with the sampler, processors and generators the config asks for. */
+export function sampledTokens(decoder: Decoder, prompts: Rows, config: GenerationConfig, padId: number): AsyncGenerator<number[]> {
   return stepTokens(
     decoder,
-    prompt,
+    prompts,
     makeSampler(config.temperature, config.topK, config.topP),
     makeLogitsProcessors(config.repetitionPenalty),
-    seededGenerator(config.seed),
+    seededGenerators(config.seed, prompts.length),
+    padId,
   );
 }
 
@@ -147,7 +165,7 @@ class StopStrings {
   }
 }
 
-/** Text and stop state of the sequence. */
+/** Text and stop state of one row. */
 class Row {
   private readonly decoder: StreamDecoder | null;
   private readonly stops: StopStrings;
@@ -158,6 +176,7 @@ class Row {
     tokenizer: Tokenizer | null,
     stops: string[],
     private readonly eos: Set<number>,
+    readonly promptTokens: number,
   ) {
     this.decoder = tokenizer ? new StreamDecoder(tokenizer) : null;
     this.stops = new StopStrings(stops);
@@ -183,8 +202,33 @@ class Row {
 
 export type TokenStream = (prompt: number[], config: GenerationConfig) => AsyncGenerator<number>;
 
-/** Checks the request at once (throws here, not on iteration), then returns the stream.
- * tokens(prompt, config): the next token forever (default: sampledTokens on `decoder`). */
+/** Checks a request (throws at once, not on iteration); returns its max new tokens. */
+function checkRequest(prompts: Rows, config: GenerationConfig, context: GenerationContext, tokenizer: Tokenizer | null): number {
+  if (!prompts.length) throw new GenerationError("no prompt given");
+  for (const prompt of prompts) checkPrompt(prompt, context.vocabSize, context.contextLength);
+  const longest = Math.max(...prompts.map((p) => p.length));
+  const maxNew = resolveMaxNewTokens(config.maxNewTokens, context.defaultMaxNewTokens, longest, context.contextLength);
+  checkSettings(config.temperature, config.topK, config.topP, config.repetitionPenalty);
+  if (config.stop.length && !tokenizer) {
+    throw new GenerationError("stop strings need a bundle with a tokenizer; this one takes token ids only");
+  }
+  return maxNew;
+}
+
+function rowsOf(prompts: Rows, config: GenerationConfig, context: GenerationContext, tokenizer: Tokenizer | null): Row[] {
+  const eos = new Set(config.eosTokenIds ?? context.defaultEos);
+  return prompts.map((p) => new Row(tokenizer, config.stop, eos, p.length));
+}
+
+/** Checks the request at once, then returns the stream of every row's Responses (left-padded batch). */
+export function streamRows(decoder: Decoder, tokenizer: Tokenizer | null, prompts: Rows, config: GenerationConfig, context: GenerationContext): AsyncGenerator<Response> {
+  const maxNew = checkRequest(prompts, config, context, tokenizer);
+  const steps = sampledTokens(decoder, prompts, config, context.padTokenId);
+  return responses(steps, rowsOf(prompts, config, context, tokenizer), maxNew);
+}
+
+/** streamRows for one prompt; tokens(prompt, config): its next token forever (default: sampledTokens
+ * on `decoder`; speculative decoding drafts and verifies instead). */
 export function streamTokens(
   decoder: Decoder,
   tokenizer: Tokenizer | null,
@@ -193,68 +237,76 @@ export function streamTokens(
   context: GenerationContext,
   tokens?: TokenStream,
 ): AsyncGenerator<Response> {
-  checkPrompt(prompt, context.vocabSize, context.contextLength);
-  const maxNew = resolveMaxNewTokens(config.maxNewTokens, context.defaultMaxNewTokens, prompt.length, context.contextLength);
-  checkSettings(config.temperature, config.topK, config.topP, config.repetitionPenalty);
-  if (config.stop.length && !tokenizer) {
-    throw new GenerationError("stop strings need a bundle with a tokenizer; this one takes token ids only");
-  }
-  const eos = new Set(config.eosTokenIds ?? context.defaultEos);
-  const steps = (tokens ?? ((p, c) => sampledTokens(decoder, p, c)))(prompt, config);
-  return responses(steps, new Row(tokenizer, config.stop, eos), prompt.length, maxNew);
+  const maxNew = checkRequest([prompt], config, context, tokenizer);
+  const steps = tokens ? oneRow(tokens(prompt, config)) : sampledTokens(decoder, [prompt], config, context.padTokenId);
+  return responses(steps, rowsOf([prompt], config, context, tokenizer), maxNew);
 }
 
-async function* responses(
-  steps: AsyncGenerator<number>,
-  row: Row,
-  promptTokens: number,
-  maxNew: number,
-): AsyncGenerator<Response> {
+async function* oneRow(tokens: AsyncGenerator<number>): AsyncGenerator<number[]> {
+  try {
+    for await (const token of tokens) yield [token];
+  } finally {
+    await tokens.return(undefined);
+  }
+}
+
+async function* responses(steps: AsyncGenerator<number[]>, rows: Row[], maxNew: number): AsyncGenerator<Response> {
   const started = performance.now();
   let prefillS = 0;
   let step = 0;
   try {
-    for await (const token of steps) {
+    for await (const tokens of steps) {
       const now = performance.now();
       if (step === 0) prefillS = (now - started) / 1000;
       const decodeS = (now - started) / 1000 - prefillS;
-      const text = row.add(token, maxNew);
-      yield {
-        token,
-        text,
-        promptTokens,
-        newTokens: row.newTokens,
-        prefillS,
-        decodeTokPerS: decodeS > 0 ? step / decodeS : 0,
-        finishReason: row.finishReason,
-      };
+      for (const [index, row] of rows.entries()) {
+        if (row.finishReason !== null) continue;
+        const text = row.add(tokens[index], maxNew);
+        yield {
+          index,
+          token: tokens[index],
+          text,
+          promptTokens: row.promptTokens,
+          newTokens: row.newTokens,
+          prefillS,
+          decodeTokPerS: decodeS > 0 ? step / decodeS : 0,
+          finishReason: row.finishReason,
+        };
+      }
       step += 1;
-      if (row.finishReason !== null) return;
+      if (rows.every((row) => row.finishReason !== null)) return;
     }
   } finally {
     await steps.return(undefined);
   }
 }
 
-/** Drain a stream into one result; stats are those of the last response. */
-export async function collect(stream: AsyncIterable<Response>, mode: string, hasText: boolean): Promise<GenerationResult> {
-  const tokenIds: number[] = [];
-  const texts: string[] = [];
-  let last: Response | null = null;
+/** Drain a stream into one result per row; stats are those of each row's last response. */
+export async function collectRows(stream: AsyncIterable<Response>, batch: number, mode: string, hasText: boolean): Promise<GenerationResult[]> {
+  const tokenIds: number[][] = Array.from({ length: batch }, () => []);
+  const texts: string[][] = Array.from({ length: batch }, () => []);
+  const last: (Response | null)[] = new Array(batch).fill(null);
   for await (const r of stream) {
-    tokenIds.push(r.token);
-    texts.push(r.text);
-    last = r;
+    tokenIds[r.index].push(r.token);
+    texts[r.index].push(r.text);
+    last[r.index] = r;
   }
-  if (!last || last.finishReason === null) throw new Error("a generation stream ended without a finish reason");
-  return {
-    mode,
-    tokenIds,
-    text: hasText ? texts.join("") : null,
-    promptTokens: last.promptTokens,
-    newTokens: last.newTokens,
-    prefillS: last.prefillS,
-    decodeTokPerS: last.decodeTokPerS,
-    finishReason: last.finishReason,
-  };
+  return last.map((r, b) => {
+    if (!r || r.finishReason === null) throw new Error("a generation stream ended without a finish reason");
+    return {
+      mode,
+      tokenIds: tokenIds[b],
+      text: hasText ? texts[b].join("") : null,
+      promptTokens: r.promptTokens,
+      newTokens: r.newTokens,
+      prefillS: r.prefillS,
+      decodeTokPerS: r.decodeTokPerS,
+      finishReason: r.finishReason,
+    };
+  });
+}
+
+/** collectRows for a one-prompt stream. */
+export async function collect(stream: AsyncIterable<Response>, mode: string, hasText: boolean): Promise<GenerationResult> {
+  return (await collectRows(stream, 1, mode, hasText))[0];
 }

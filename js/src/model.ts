@@ -3,6 +3,7 @@
  *
  *     const model = await load(host, { mode: "detached" });
  *     (await model.generate("Hello", { maxNewTokens: 32 })).text
+ *     await model.generateBatch(["Hello", [1, 2, 3]])        // left-padded, same tokens as one by one
  *     for await (const r of model.stream([1, 2, 3])) console.log(r.token, r.text)
  *     await model.chat([{ role: "user", content: "Hi" }])
  *
@@ -19,7 +20,8 @@ import {
   type GenerationContext,
   type GenerationResult,
   type Response,
-  streamTokens,
+  collectRows,
+  streamRows,
 } from "./generate.js";
 import type { BundleHost } from "./host.js";
 import { MANIFEST_FILE, MODE_GRAPHS, type Manifest, type Mode, parseManifest } from "./manifest.js";
@@ -81,12 +83,15 @@ export class ShadowEdgeModel {
       if (typeof gen[key] === "number") (defaults as unknown as Record<string, unknown>)[field] = gen[key];
     }
     this.defaults = defaults;
-    const eos = Array.isArray(gen.eos_token_ids) ? (gen.eos_token_ids as number[]) : manifest.model.eos_token_ids;
+    const eos = Array.isArray(gen.eos_token_ids) ? (gen.eos_token_ids as number[]) : (manifest.model.eos_token_ids ?? []);
+    const vocabSize = manifest.model.vocab_size;
     this.context = {
-      vocabSize: manifest.model.vocab_size,
+      vocabSize,
       contextLength: manifest.model.max_position_embeddings,
       defaultMaxNewTokens: typeof gen.max_new_tokens === "number" ? gen.max_new_tokens : 256,
-      defaultEos: eos ?? [],
+      defaultEos: eos,
+      // as the Python runtime picks it: the model's pad id, else the first EOS id, else 0
+      padTokenId: [manifest.model.pad_token_id, ...eos].find((t) => typeof t === "number" && t >= 0 && t < vocabSize) ?? 0,
     };
   }
 
@@ -116,15 +121,27 @@ export class ShadowEdgeModel {
   /** Logits of every position of one sequence, computed in one pass: one row per position. */
   async logits(prompt: string | number[]): Promise<Float32Array[]> {
     const ids = this.encode(prompt);
-    const out = await this.decoder.forward(this.decoder.start(), ids, 0);
+    const out = await this.decoder.forward(this.decoder.start(), [ids], 0);
     const vocab = out.dims[2];
     const data = out.data as Float32Array;
     return ids.map((_, i) => data.slice(i * vocab, (i + 1) * vocab));
   }
 
+  /** One Response per generated token of every row (Response.index), the prompts left-padded into
+   * one batch; each row's last has finishReason set. Throws at once on a bad request. */
+  streamBatch(prompts: (string | number[])[], options: GenerateOptions = {}): AsyncIterable<Response> {
+    if (!Array.isArray(prompts) || !prompts.length) throw new GenerationError("a batch is a non-empty list of prompts");
+    return streamRows(this.decoder, this.tokenizer, prompts.map((p) => this.encode(p)), this.config(options), this.context);
+  }
+
+  /** One result per prompt: the tokens each would get alone (greedy, or seeded: each row draws from its own generator). */
+  generateBatch(prompts: (string | number[])[], options: GenerateOptions = {}): Promise<GenerationResult[]> {
+    return collectRows(this.streamBatch(prompts, options), prompts.length, this.mode, this.tokenizer !== null);
+  }
+
   /** One Response per generated token; the last has finishReason set. Throws at once on a bad request. */
   stream(prompt: string | number[], options: GenerateOptions = {}): AsyncIterable<Response> {
-    return streamTokens(this.decoder, this.tokenizer, this.encode(prompt), this.config(options), this.context);
+    return this.streamBatch([prompt], options);
   }
 
   /** stream() for a conversation rendered with the bundle's chat template. */

@@ -113,3 +113,8 @@ export function seededGenerator(seed?: number | bigint | null): NumpyRandom {
   if (BigInt(seed) < 0n) throw new GenerationError(`seed must be a non-negative integer, got ${seed}`);
   return new NumpyRandom(seed);
 }
+
+/** One generator per row of a batch, each seeded with `seed`: a row samples as it would alone. */
+export function seededGenerators(seed: number | bigint | null | undefined, batch: number): NumpyRandom[] {
+  return Array.from({ length: batch }, () => seededGenerator(seed));
+}

@@ -1,7 +1,7 @@
 /** onnxruntime sessions for bundle graphs, one per graph, each a step function over tensors
- * (shadow_edge/runtimes/sessions.py). One sequence at a time: the attention mask is all ones and
- * positions continue from the cache's length. */
+ * (shadow_edge/runtimes/sessions.py), over a batch of rows. */
 
+import { positionIds, type Rows } from "./engine.js";
 import { BundleError } from "./errors.js";
 import type { BundleHost, Ort, Session, SessionOptions, Tensor } from "./host.js";
 import { KVCache } from "./kv-cache.js";
@@ -61,39 +61,37 @@ export class GraphRunner {
     this.inputNames = new Set(session.inputNames);
   }
 
-  newCache(): KVCache {
-    return new KVCache(this.cacheSpec, this.ort);
+  newCache(batch = 1): KVCache {
+    return new KVCache(this.cacheSpec, this.ort, batch);
   }
 
-  private int64(values: number[], dims: number[]): Tensor {
-    return new this.ort.Tensor("int64", BigInt64Array.from(values, BigInt), dims);
+  private int64(rows: Rows): Tensor {
+    return new this.ort.Tensor("int64", BigInt64Array.from(rows.flat(), BigInt), [rows.length, rows[0].length]);
   }
 
-  /** Run the graph on new tokens after the cache's positions; returns its first output
-   * (shadow_states or logits [1, keep or all, vocab]) and advances the cache. */
-  async step(cache: KVCache, ids: number[], shadowStates?: Tensor, keep = 1): Promise<Tensor> {
-    const past = cache.seqLen;
-    const total = past + ids.length;
+  /** Run the graph on new tokens [batch][seq] after the cache's positions; returns its first output
+   * (shadow_states or logits [batch, keep or all, vocab]) and advances the cache. mask: the
+   * attention mask [batch][cached + seq] (default: all ones, rows without padding). */
+  async step(cache: KVCache, ids: Rows, shadowStates?: Tensor, keep = 1, mask?: Rows): Promise<Tensor> {
+    const total = cache.seqLen + ids[0].length;
+    const attention = mask ?? ids.map(() => new Array<number>(total).fill(1));
     const feeds: Record<string, Tensor> = {
-      input_ids: this.int64(ids, [1, ids.length]),
-      attention_mask: this.int64(new Array<number>(total).fill(1), [1, total]),
-      position_ids: this.int64(
-        ids.map((_, i) => past + i),
-        [1, ids.length],
-      ),
+      input_ids: this.int64(ids),
+      attention_mask: this.int64(attention),
+      position_ids: this.int64(positionIds(attention, ids[0].length)),
       ...cache.feeds(),
     };
     if (this.inputNames.has(SHADOW_STATES)) {
       if (!shadowStates) throw new Error(`${this.name} needs shadow_states`);
       feeds[SHADOW_STATES] = shadowStates;
     }
-    if (this.inputNames.has(LOGITS_TO_KEEP)) feeds[LOGITS_TO_KEEP] = this.int64([keep], []);
+    if (this.inputNames.has(LOGITS_TO_KEEP)) feeds[LOGITS_TO_KEEP] = new this.ort.Tensor("int64", BigInt64Array.of(BigInt(keep)), []);
     const outputs = await this.session.run(feeds);
     cache.update(outputs);
     return outputs[this.spec.outputs[0].name];
   }
 
-  /** A cacheless head graph (shadow_head): logits [1, seq, vocab] of the states given. */
+  /** A cacheless head graph (shadow_head): logits [batch, seq, vocab] of the states given. */
   async head(states: Tensor): Promise<Tensor> {
     const outputs = await this.session.run({ [SHADOW_STATES]: states });
     return outputs[this.spec.outputs[0].name];

@@ -62,6 +62,10 @@ export class SpeculativeModel extends ShadowEdgeModel {
     super(manifest, new Engine("attached", runners, manifest.model), runners, tokenizer, "speculative");
   }
 
+  override streamBatch(): never {
+    throw new GenerationError("speculative decoding takes one prompt at a time");
+  }
+
   override stream(prompt: string | number[], options: GenerateOptions = {}): AsyncIterable<Response> {
     const config = this.config(options);
     if (config.temperature !== 0) {
@@ -80,8 +84,8 @@ export class SpeculativeModel extends ShadowEdgeModel {
     const greedy = (logits: Float32Array, seen: number[]): number => argmax(processors.reduce((l, process) => process(seen, l), logits));
     const history = [...prompt];
 
-    const promptStates = await shadow.step(shadowCache, prompt);
-    let token = greedy(lastRow(await backbone.step(backboneCache, prompt, promptStates, 1)), history);
+    const promptStates = await shadow.step(shadowCache, [prompt]);
+    let token = greedy(lastRow(await backbone.step(backboneCache, [prompt], promptStates, 1)), history);
     let length = prompt.length; // positions in both caches; `token` is accepted but in neither yet
     const draft = new DraftLength(this.draftTokens);
     for (;;) {
@@ -93,14 +97,14 @@ export class SpeculativeModel extends ShadowEdgeModel {
       const drafts: number[] = [];
       const states: Tensor[] = [];
       for (let j = 0; j <= k; j++) {
-        states.push(await shadow.step(shadowCache, [fed[fed.length - 1]]));
+        states.push(await shadow.step(shadowCache, [[fed[fed.length - 1]]]));
         if (j < k) {
           drafts.push(argmax(lastRow(await head.head(states[j]))));
           fed.push(drafts[j]);
         }
       }
       // 2. verify: the backbone over every fed position at once
-      const logits = await backbone.step(backboneCache, fed, this.concatenate(states), 0);
+      const logits = await backbone.step(backboneCache, [fed], this.concatenate(states), 0);
       const vocab = logits.dims[2];
       const row = (i: number) => (logits.data as Float32Array).subarray(i * vocab, (i + 1) * vocab);
       const accepted: number[] = [];

@@ -111,6 +111,32 @@ describe("requests", async () => {
     assert.equal(count, 3);
   });
 
+  test("a batch streams each row's responses by index; rows finish on their own; bad batches are refused", async () => {
+    const prompts = [[5, 9, 3, 7, 11], [40, 2]];
+    const alone = await Promise.all(prompts.map((p) => ids.generate(p, { ...GREEDY, eosTokenIds: [] })));
+    const eos = alone[1].tokenIds[2]; // stops row 1 at its third token, unless row 0 meets it first
+    const responses: Response[] = [];
+    for await (const r of ids.streamBatch(prompts, { ...GREEDY, eosTokenIds: [eos] })) responses.push(r);
+    const row = (b: number) => responses.filter((r) => r.index === b);
+    assert.deepEqual(
+      row(1).map((r) => r.token),
+      alone[1].tokenIds.slice(0, alone[1].tokenIds.indexOf(eos) + 1),
+    );
+    assert.equal(row(1).at(-1)?.finishReason, "eos");
+    assert.deepEqual(
+      row(0).map((r) => r.promptTokens),
+      new Array(row(0).length).fill(5),
+    );
+    assert.throws(() => ids.streamBatch([]), /non-empty list/);
+    assert.throws(() => ids.streamBatch([[5], []]), /empty/);
+    assert.throws(() => ids.streamBatch([[5], [999]]), /outside the vocabulary/);
+    const cascade = await loadCascade(vectors.bundles.ids, { verify: "size" });
+    const speculative = await loadSpeculative(vectors.bundles.ids, { verify: "size" });
+    assert.throws(() => cascade.generateBatch(prompts), /one prompt at a time/);
+    assert.throws(() => speculative.generateBatch(prompts), /one prompt at a time/);
+    await Promise.all([cascade.release(), speculative.release()]);
+  });
+
   test("a seed repeats its tokens; other seeds give others", async () => {
     const sampled = (seed: number) => text.generate("hello", { maxNewTokens: 12, temperature: 1, seed, eosTokenIds: [] });
     const [a, b, c] = [await sampled(5), await sampled(5), await sampled(6)];

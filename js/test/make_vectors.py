@@ -39,6 +39,7 @@ TEXT_PROMPTS = ["hello world", "the cat sat on", "a"]
 CHAT = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi! the dog"}]
 ID_PROMPTS = [[5, 9, 3, 7, 11], [40, 2, 17]]
 ROBOT_PROMPTS = ["Walk forward three steps.", "Please sit down.", "What is the capital of France?"]
+ROBOT_CHATS = [[{"role": "user", "content": prompt}] for prompt in ROBOT_PROMPTS]
 ROBOT_GREEDY = {"max_new_tokens": 24, "temperature": 0.0}
 RNG_SEEDS = [0, 1, 7, 42, 2**32 - 1, 2**40 + 5]
 
@@ -77,6 +78,22 @@ def generation_cases(bundle: Path, prompts: list) -> list[dict]:
         if model.tokenizer is not None:
             out = model.chat(CHAT, **GREEDY)
             cases.append({"kind": "chat", "mode": mode, "messages": CHAT, "settings": GREEDY, **result(out)})
+    return cases
+
+
+def batch_cases(bundle: Path, prompts: list, modes=("attached", "detached"), settings_list=None) -> list[dict]:
+    """Prompts of unequal length in one left-padded batch: greedy, seeded sampling (each row with
+    its own generator), and an EOS id that stops one row before the others."""
+    cases = []
+    for mode in modes:
+        model = shadow_edge.load(bundle, mode=mode, threads=2)
+        ids = [model.encode_chat(p) if isinstance(p[0], dict) else model.encode(p) for p in prompts]
+        first = model.generate(ids[0], **GREEDY)
+        stop_one = {**GREEDY, "eos_token_ids": [first.token_ids[3]]}
+        for settings in settings_list or [GREEDY, SAMPLED[0], SAMPLED[2], stop_one]:
+            out = model.generate_batch(ids, **settings)
+            case = {"kind": "batch", "mode": mode, "prompts": ids, "settings": settings}
+            cases.append(case | {"results": [result(r) for r in out]})
     return cases
 
 
@@ -163,9 +180,9 @@ def _between(values) -> float:
 
 
 def robot_bundles(folder: Path) -> dict[str, Path]:
-    """The fp32 demo bundle, and its web int4 profile: int4 body, float32 head (the int8/int4 head's
-    MatMulNBits is slow in wasm), accuracy level 0 (x86 then computes in float32 as wasm does, so
-    both give the same tokens; on x86 alone keep the default level 4, it is faster)."""
+    """The fp32 demo bundle, and its web int4 profile (`quantize --profile web`): int4 body, float32
+    head (the int8/int4 head's MatMulNBits is slow in wasm), accuracy level 0 (x86 then computes in
+    float32 as wasm does, so both give the same tokens; on x86 alone the native profile is faster)."""
     from shadow_edge.bundle_tools.quantize import quantize_bundle
     from shadow_edge.exporters.demo import write_demo_checkpoint
 
@@ -175,21 +192,20 @@ def robot_bundles(folder: Path) -> dict[str, Path]:
     if not (bundle / "manifest.json").is_file():
         shadow_edge.export(ckpt, bundle)
     if not (web / "manifest.json").is_file():
-        quantize_bundle(bundle, web, "int4", quantize_head="float32", accuracy_level=0, threads=2, force=True)
+        quantize_bundle(bundle, web, "int4", profile="web", threads=2, force=True)
     return {"robot": bundle, "robot_int4": web}
 
 
 def robot_cases(bundle: Path) -> list[dict]:
     """The demo's chat answers, greedy, detached, attached and as a cascade (the manifest's policy)."""
     cases = []
-    chats = [[{"role": "user", "content": prompt}] for prompt in ROBOT_PROMPTS]
     for mode in ("detached", "attached"):
         model = shadow_edge.load(bundle, mode=mode, threads=2)
-        for messages in chats:
+        for messages in ROBOT_CHATS:
             out = model.chat(messages, **ROBOT_GREEDY)
             cases.append({"kind": "chat", "mode": mode, "messages": messages, "settings": ROBOT_GREEDY} | result(out))
     cascade = load_cascade(bundle, threads=2)
-    for messages in chats:
+    for messages in ROBOT_CHATS:
         out = cascade.chat(messages, **ROBOT_GREEDY)
         decision = {"served_by": out.served_by, "escalated": out.escalated, "reason": out.reason}
         case = {"kind": "cascade", "messages": messages, "settings": ROBOT_GREEDY, "policy": {}}
@@ -231,14 +247,17 @@ def main(out: Path, smollm2: Path | None) -> None:
             for s in [*TEXT_PROMPTS, "café 日本 🙂", "user: hi!"]
         ],
         "text": generation_cases(bundles["text"], TEXT_PROMPTS)
+        + batch_cases(bundles["text"], TEXT_PROMPTS)
         + stop_cases(bundles["text"])
         + cascade_cases(bundles["text"], TEXT_PROMPTS[:2], marker_from_text=True)
         + speculative_cases(bundles["text"], TEXT_PROMPTS),
         "ids": generation_cases(bundles["ids"], ID_PROMPTS)
+        + batch_cases(bundles["ids"], ID_PROMPTS)
         + cascade_cases(bundles["ids"], ID_PROMPTS, False)
         + speculative_cases(bundles["ids"], ID_PROMPTS),
         "robot": robot_cases(bundles["robot"])
-        + speculative_cases(bundles["robot"], [[{"role": "user", "content": p}] for p in ROBOT_PROMPTS[1:]])
+        + batch_cases(bundles["robot"], ROBOT_CHATS, ["detached"], [ROBOT_GREEDY])
+        + speculative_cases(bundles["robot"], ROBOT_CHATS[1:])
         if smollm2 is not None
         else [],
         "robot_int4": robot_cases(bundles["robot_int4"]) if smollm2 is not None else [],

@@ -1,7 +1,7 @@
 /** The TypeScript runtime against the Python runtime on the same bundles (make_vectors.py):
  * numpy's generator, tokenizer and chat template, logits, and the tokens, text and finish reason
  * of every generation case (greedy, repetition penalty, seeded sampling, stop strings, EOS) in
- * attached and detached mode, and every cascade decision. */
+ * attached and detached mode, of left-padded batches row by row, and every cascade decision. */
 
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
@@ -69,7 +69,9 @@ for (const bundle of ["text", "ids", "robot", "robot_int4"] as const) {
 
     test("has cases of every kind", () => {
       const kinds = new Set(cases.map((c) => `${c.kind} ${c.mode ?? ""}`));
-      const wanted = bundle.startsWith("robot") ? ["chat attached", "chat detached", "cascade "] : ["logits attached", "logits detached", "generate attached", "generate detached", "cascade ", "speculative "];
+      const wanted = bundle.startsWith("robot")
+        ? ["chat attached", "chat detached", "cascade ", ...(bundle === "robot" ? ["batch detached"] : [])]
+        : ["logits attached", "logits detached", "generate attached", "generate detached", "batch attached", "batch detached", "cascade ", "speculative "];
       for (const k of wanted) assert.ok(kinds.has(k), k);
       const servedBy = new Set(cases.filter((c) => c.kind === "cascade").map((c) => c.served_by));
       assert.deepEqual([...servedBy].sort(), ["attached", "shadow"]);
@@ -90,6 +92,14 @@ for (const bundle of ["text", "ids", "robot", "robot_int4"] as const) {
         const options = generateOptions(c);
         const got = c.kind === "chat" ? await m.chat(c.messages!, options) : await m.generate(c.prompt!, options);
         assertSame(got, c);
+      });
+    }
+
+    for (const c of cases.filter((c) => c.kind === "batch")) {
+      test(title(c), async () => {
+        const got = await (await model(c.mode!)).generateBatch(c.prompts!, generateOptions(c));
+        assert.equal(got.length, c.results!.length);
+        got.forEach((row, b) => assertSame(row, c.results![b]));
       });
     }
 
@@ -118,7 +128,7 @@ for (const bundle of ["text", "ids", "robot", "robot_int4"] as const) {
   });
 }
 
-function assertSame(got: { tokenIds: number[]; text: string | null; finishReason: string }, want: Case): void {
+function assertSame(got: { tokenIds: number[]; text: string | null; finishReason: string }, want: Pick<Case, "token_ids" | "text" | "finish_reason">): void {
   assert.deepEqual(
     { tokens: got.tokenIds, text: got.text, finish: got.finishReason },
     { tokens: want.token_ids, text: want.text, finish: want.finish_reason },

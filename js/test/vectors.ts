@@ -6,9 +6,11 @@ import type { GenerateOptions } from "../src/generate.js";
 import type { PolicyOverrides } from "../src/escalation.js";
 
 export interface Case {
-  kind: "logits" | "generate" | "chat" | "cascade" | "speculative";
+  kind: "logits" | "generate" | "chat" | "cascade" | "speculative" | "batch";
   mode?: "attached" | "detached";
   prompt?: string | number[];
+  prompts?: number[][]; // a batch's prompts (token ids)
+  results?: { token_ids: number[]; text: string | null; finish_reason: string }[]; // a batch's rows
   messages?: { role: string; content: string }[];
   settings?: Record<string, unknown>;
   policy?: Record<string, unknown>;
@@ -76,5 +78,5 @@ export const policyOptions = (c: Case) => renamed<PolicyOverrides>(c.policy, POL
 
 /** A short name of a case for test titles. */
 export function title(c: Case): string {
-  return `${c.kind} ${c.mode ?? ""} ${JSON.stringify(c.prompt ?? c.messages)} ${JSON.stringify(c.settings ?? {})} ${JSON.stringify(c.policy ?? {})}`;
+  return `${c.kind} ${c.mode ?? ""} ${JSON.stringify(c.prompt ?? c.messages ?? c.prompts)} ${JSON.stringify(c.settings ?? {})} ${JSON.stringify(c.policy ?? {})}`;
 }

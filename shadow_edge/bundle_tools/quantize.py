@@ -13,6 +13,9 @@ Needs onnx and onnxruntime, not torch.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import shutil
 import tempfile
 import time
@@ -48,6 +51,22 @@ from .weights import WEIGHTS_FILE, SharedWeights, weight_bytes_per_token
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)  # MatMulNBits compute type: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What a profile fills in where the caller left quantize_head "auto" / accuracy_level None."""
+
+    head: str | None = None
+    accuracy_level: int | None = None
+
+
+# per host (README: which profile for which host)
+#   native  onnxruntime on a CPU (Python, Node, Electron, phones): int8 head under int4, level 4
+#   web     onnxruntime-web (wasm): MatMulNBits dequantizes before computing there, so the 49152-wide
+#           head stays float32 (330-680 ms a token as int8/int4, 26 ms in float32); accuracy level 0
+#           so that x86 computes in float32 as wasm does and both give the same tokens
+PROFILES = {"native": Profile(), "web": Profile(head="float32", accuracy_level=0)}
 
 
 @dataclass
@@ -92,7 +111,7 @@ def _check(source: Manifest, settings: QuantizeSettings, graphs, modes) -> tuple
 
 
 def _base_on_grid(root: Path, source: Manifest, block: int) -> bool:
-    """Whether the base model's weights (the backbone's, or base_lm's) lie on a 4-bit grid."""
+    """Whether the base model's weights (the backbone's, or base_lm's) lie partly on a 4-bit grid."""
     graph = next((source.graphs[g] for g in (BACKBONE_GRAPH, BASE_LM_GRAPH) if g in source.graphs), None)
     return graph is not None and graph_on_grid(resolve_inside(root, graph.file), 4, block, GRID_SHARE)
 
@@ -107,6 +126,14 @@ def _copy_other_files(source_root: Path, source: Manifest, folder: Path) -> None
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(resolve_inside(source_root, name), target)
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap back to the OS between graphs: glibc keeps the arenas that a graph's copies of
+    the weights grew (4 GB after Gemma 3's four graphs), and evaluation's sessions come on top."""
+    gc.collect()  # onnxruntime's quantizer leaves reference cycles that hold a graph's copy
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def _versions() -> dict[str, str]:
@@ -138,6 +165,7 @@ def quantize_bundle(
     mobile: bool = False,
     progress: Callable[[str], None] | None = None,
     source_label: str | None = None,
+    profile: str = "native",
 ) -> QuantizeResult:
     """Write a quantized copy of `bundle` to `output`.
 
@@ -147,23 +175,36 @@ def quantize_bundle(
     "int4". grid: weights that lie on a block grid (a GGUF base) are stored on it exactly
     (quantize_grid.py), and an embedding table on a symmetric grid is read on it once no float32
     head needs it; False rounds them like any other. off_grid: the precision of the weights on no
-    grid ("auto": int8 when int4 re-quantizes a grid base, where they are the adapter and a trained
-    shadow: a few MB that int4 rounding hurts most; else `to`). accuracy_level: MatMulNBits compute
+    grid ("auto": int8 when int4 re-quantizes a base partly on a grid, a GGUF, where they are the
+    adapter, a trained shadow and the GGUF's own 5-8-bit tensors, which int4 rounding hurts most;
+    else `to`). accuracy_level: MatMulNBits compute
     (default 0 for int8, 4 for int4; see quantize_graph.py for the trade-off). graphs: the graphs to
     quantize (default all; the others are copied float32). modes: the modes the output keeps
     (default all; ["detached"] makes a phone bundle without the backbone). check: evaluate against
     the source and store the figures in manifest.fidelity; under FLOORS a warning, or with
     strict=True a QuantizeError. mobile: also write the ORT-format graphs and the onnxruntime-genai
-    folder (mobile.py). source_label: how the manifest names the source (default: its path)."""
+    folder (mobile.py). source_label: how the manifest names the source (default: its path).
+    profile: the host the bundle is for, PROFILES ("web": a float32 head, accuracy level 0)."""
     started = time.perf_counter()
     source_root, output = Path(bundle), Path(output)
     notify = progress or (lambda stage: None)
     source = read_manifest(source_root)
+    if profile not in PROFILES:
+        raise QuantizeError(f"no profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if quantize_head == "auto" and PROFILES[profile].head:
+        quantize_head = PROFILES[profile].head
+    if accuracy_level is None:
+        accuracy_level = PROFILES[profile].accuracy_level
     if quantize_head == "auto":
         quantize_head = "int8" if to == "int4" else False
     if off_grid == "auto":
         off_grid = "int8" if to == "int4" and grid and _base_on_grid(source_root, source, block_size) else None
     settings = QuantizeSettings(to, block_size, symmetric, quantize_head, accuracy_level, grid, off_grid)
+    if profile == "web" and settings.head:
+        raise QuantizeError(
+            f"the web profile keeps the head float32 (a {settings.head} head is slow in wasm)",
+            hint="drop --quantize-head, or quantize with --profile native",
+        )
     keep, chosen = _check(source, settings, graphs, modes)
     verify_files(source_root, source)
     warnings: list[str] = []
@@ -174,11 +215,13 @@ def quantize_bundle(
             spec = source.graphs[name]
             model = onnx.load(resolve_inside(source_root, spec.file))  # with its weights, in memory
             if name in chosen:
-                model, done = quantize_model(model, settings)
+                model, done = quantize_model(model, settings, in_place=True)
                 spec = replace(spec, precision=done.precision, quantization=done.record(settings))
             weights.externalize(name, model)
             onnx.save_model(model, folder / spec.file)
             specs[name] = replace(spec, weight_bytes_per_token=weight_bytes_per_token(model))
+            del model
+            _release_freed_memory()
             notify(name)
         _copy_other_files(source_root, source, folder)
         manifest = Manifest(
@@ -193,6 +236,7 @@ def quantize_bundle(
                     "bundle": source_label or str(source_root.resolve()),
                     "manifest_sha256": sha256_file(source_root / MANIFEST_FILE),
                     "precision": to,
+                    "profile": profile,
                 },
                 "validation": source.validation,
             },

@@ -18,7 +18,7 @@ benchmarks/results/quantize_variants.json):
     int4 rounded (grid=False)      72.1%    0%   2.07x  (a second grid over the Q4_1 one)
     int8 grid-exact, level 0       99.8%  100%   0.15x  (the default: exact, slow)
     int8 grid-exact, level 4       98.0%   88%   1.50x  (96.8% on the untrained adapter)
-    int8-dynamic                   52.9% (59.5% per channel), measured before the grid
+    int8-dynamic                   55.1%    0%   (detached 86.6%; fused graphs, 2026-12-01; 52.9% before the grid)
 Level 4's int8 activations are what costs the grid-exact int4 its last 2-3%; at 8 bits onnxruntime
 1.32 is fast only at level 4, whose top-1 hovers around the 97% floor, so int8 stays exact by
 default. Hence int8 is block-wise MatMulNBits and quantize_dynamic stays available by name only.
@@ -185,7 +185,13 @@ def _dynamic(model: onnx.ModelProto, exclude: list[str]) -> onnx.ModelProto:
             nodes_to_exclude=exclude,
             weight_type=QuantType.QInt8,
             use_external_data_format=True,
-            extra_options={"MatMulConstBOnly": True},  # weights only, not attention's x @ k
+            extra_options={
+                "MatMulConstBOnly": True,  # weights only, not attention's x @ k
+                # onnx's shape inference cannot type the outputs of contrib ops (GroupQueryAttention,
+                # SkipSimplifiedLayerNormalization...) that feed a fused graph's MatMuls: our graphs
+                # compute in float32, so an untyped activation is float32
+                "DefaultTensorType": onnx.TensorProto.FLOAT,
+            },
         )
         quantized = onnx.load(out)
     for node in quantized.graph.node:
@@ -239,9 +245,13 @@ def _weight_only(
     return model, report
 
 
-def quantize_model(model: onnx.ModelProto, settings: QuantizeSettings) -> tuple[onnx.ModelProto, GraphQuantization]:
-    """A quantized copy of model (weights loaded in memory) and what was done to it."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())  # never touch the caller's model
+def quantize_model(
+    model: onnx.ModelProto, settings: QuantizeSettings, *, in_place: bool = False
+) -> tuple[onnx.ModelProto, GraphQuantization]:
+    """A quantized copy of model (weights loaded in memory) and what was done to it. in_place: rewrite
+    `model` itself (a caller that drops it saves two copies of the weights: 2 GB for Gemma 3)."""
+    if not in_place:
+        model = onnx.ModelProto.FromString(model.SerializeToString())
     excluded, heads = [], []
     for head in head_nodes(model.graph):
         heads.append(head.name)

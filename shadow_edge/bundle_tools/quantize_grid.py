@@ -72,8 +72,27 @@ def _candidate_steps(lo: np.ndarray, hi: np.ndarray, bits: int) -> list[np.ndarr
     return [(hi - lo) / k for k in spans] + [amax / (half - 1), amax / half]
 
 
+# Output columns fitted at a time: the search holds ~8 float64 copies of what it fits, so a whole
+# 262k-row head (Gemma 3) peaked at ~6 GB; blocks are independent, so chunks give the same fit.
+FIT_COLUMNS = 4096
+
+
 def fit_blocks(weight: np.ndarray, bits: int, block: int) -> BlockFit:
     """The grid of each block of `weight` [K, N] (K a multiple of block), or min-max rounding."""
+    n = weight.shape[1]
+    if n <= FIT_COLUMNS:
+        return _fit_columns(weight, bits, block)
+    parts = [_fit_columns(weight[:, i : i + FIT_COLUMNS], bits, block) for i in range(0, n, FIT_COLUMNS)]
+    return BlockFit(
+        q=np.concatenate([p.q for p in parts]),
+        scales=np.concatenate([p.scales for p in parts]),
+        offsets=np.concatenate([p.offsets for p in parts]),
+        exact=np.concatenate([p.exact for p in parts]),
+        bits=bits,
+    )
+
+
+def _fit_columns(weight: np.ndarray, bits: int, block: int) -> BlockFit:
     k, n = weight.shape
     w = weight.T.reshape(n, k // block, block).astype(np.float64)  # float64: judge the grid, not our rounding
     lo, hi = w.min(-1), w.max(-1)
@@ -207,26 +226,27 @@ def quantize_on_grid(
     return report
 
 
-def graph_on_grid(path: Path, bits: int, block: int, min_share: float, probes: int = 3) -> bool:
-    """Whether the first `probes` MatMul weights of the graph at `path` lie on a grid (a GGUF base),
-    reading only those tensors' external data: a few columns of each."""
+def graph_on_grid(path: Path, bits: int, block: int, min_share: float, probes: int = 4) -> bool:
+    """Whether some of the first `probes` MatMul weights of the graph at `path` lie on a grid (a GGUF
+    base), reading only those tensors' external data: a few columns of each. Some, not all: a GGUF
+    mixes types by shape (Gemma 3 270M's Q4_K_M keeps 640-wide rows in Q5_0, others in Q4_K)."""
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
 
     graph = onnx.load(path, load_external_data=False).graph
     inits = {t.name: t for t in graph.initializer}
-    found = 0
+    looked = 0
     for node in graph.node:
         tensor = inits.get(node.input[1]) if node.op_type == "MatMul" else None
         if tensor is None or len(tensor.dims) != 2 or tensor.dims[0] % block:
             continue
         if uses_external_data(tensor):
             load_external_data_for_tensor(tensor, str(path.parent))
-        if fit_blocks(numpy_helper.to_array(tensor)[:, :8], bits, block).exact_share < min_share:
-            return False
-        found += 1
-        if found == probes:
+        if fit_blocks(numpy_helper.to_array(tensor)[:, :8], bits, block).exact_share >= min_share:
+            return True
+        looked += 1
+        if looked == probes:
             break
-    return found > 0
+    return False
 
 
 def _symmetric_fit(table: np.ndarray, bits: int, block: int) -> BlockFit | None:

@@ -36,7 +36,8 @@ class SharedWeights:
         keys = self.referenced.setdefault(graph_name, set())
         with open(self.path, "ab") as fh:
             for tensor in model.graph.initializer:
-                raw = numpy_helper.to_array(tensor).tobytes()
+                # raw_data is already the little-endian bytes; to_array().tobytes() would copy them twice
+                raw = tensor.raw_data if tensor.HasField("raw_data") else numpy_helper.to_array(tensor).tobytes()
                 if len(raw) < INLINE_BYTES:
                     continue
                 key = f"{tensor.data_type}:{list(tensor.dims)}:{hashlib.sha256(raw).hexdigest()}"

@@ -34,6 +34,9 @@ def quantize(
     bundle: Annotated[Path, typer.Argument(help="float32 bundle folder")],
     output: Annotated[Path, typer.Argument(help="bundle folder to write")],
     to: Annotated[str, typer.Option(help="int8 or int4 (MatMulNBits), or int8-dynamic (quantize_dynamic)")] = "int4",
+    profile: Annotated[
+        str, typer.Option(help="host: native (onnxruntime on a CPU) or web (onnxruntime-web: float32 head, level 0)")
+    ] = "native",
     block_size: Annotated[int, typer.Option(help="MatMulNBits block size along K (16..256, power of 2)")] = 32,
     quantize_head: Annotated[
         str, typer.Option(help="lm_head precision: auto (int8 under int4, else float32), float32, int8, int4")
@@ -81,6 +84,7 @@ def quantize(
             text=_read_text(text),
             threads=threads,
             mobile=mobile,
+            profile=profile,
             progress=quantize_stages(progress, to, graphs, mobile, check),
         )
     m = result.manifest

@@ -34,7 +34,12 @@ def run(
     cascade: Annotated[bool, typer.Option("--cascade", help="= --mode cascade")] = False,
     speculative: Annotated[bool, typer.Option("--speculative", help="= --mode speculative")] = False,
     draft_tokens: Annotated[
-        int | None, typer.Option(min=1, help="--mode speculative: most tokens drafted per backbone pass (4)")
+        int | None,
+        typer.Option(
+            min=1,
+            help="--mode speculative: most tokens drafted per backbone pass (4); --mode cascade: decode a local "
+            "escalation speculatively, drafting up to this many",
+        ),
     ] = None,
     remote: Annotated[str | None, typer.Option(help="--mode cascade: OpenAI-compatible server to escalate to")] = None,
     remote_api_key: RemoteApiKey = None,
@@ -93,8 +98,8 @@ def run(
     mode = chosen[0] if chosen else "attached"
     if mode != "cascade" and any(v is not None for v in policy.values()):
         raise GenerationError("--remote and the escalation options need --mode cascade")
-    if mode != "speculative" and draft_tokens is not None:
-        raise GenerationError("--draft-tokens needs --mode speculative")
+    if mode not in ("speculative", "cascade") and draft_tokens is not None:
+        raise GenerationError("--draft-tokens needs --mode speculative or --mode cascade")
     flags = dict(
         max_new_tokens=max_new_tokens,
         temperature=0.0 if greedy else temperature,
@@ -126,13 +131,13 @@ def run(
     if chat:
         messages = [{"role": "user", "content": prompt if prompt is not None else read_stdin()}]
         if as_json:
-            print(json.dumps(_with_stats(model, model.chat(messages, **settings).to_dict())))
+            print(json.dumps(model.chat(messages, **settings).to_dict()))
             return
         _stream(model, model.stream_chat(messages, **settings))
         return
     request = prompt if prompt is not None else parse_token_ids(prompt_ids or "")
     if as_json:
-        print(json.dumps(_with_stats(model, model.generate(request, **settings).to_dict())))
+        print(json.dumps(model.generate(request, **settings).to_dict()))
         return
     _stream(model, model.stream(request, **settings))
 
@@ -175,12 +180,6 @@ def read_stdin() -> str:
     return text
 
 
-def _with_stats(model: Any, result: dict[str, Any]) -> dict[str, Any]:
-    """A speculative model's draft statistics beside the result."""
-    stats = getattr(model, "stats", None)
-    return {**result, "speculative": stats.to_dict()} if stats is not None else result
-
-
 def _stream(model: Any, responses: Any, interruptible: bool = False) -> str:
     """Print a generation as it is produced (text, or ids without a tokenizer); returns the text.
     interruptible: Ctrl-C ends this answer (what was printed is kept) instead of the command."""
@@ -203,9 +202,9 @@ def _stream(model: Any, responses: Any, interruptible: bool = False) -> str:
     if last is not None:
         served = getattr(responses, "served_by", None)  # a cascade's stream says who answered
         note = f"served by {served}" + (f" ({responses.reason})" if responses.reason else "") + "; " if served else ""
-        stats = getattr(model, "stats", None)  # speculative decoding's drafts
+        stats = last.speculative  # speculative decoding's drafts, this call's
         if stats is not None:
-            note += f"{stats.accepted}/{stats.drafted} drafts accepted in {stats.rounds} backbone passes; "
+            note += f"{stats['accepted']}/{stats['drafted']} drafts accepted in {stats['rounds']} backbone passes; "
         err_console.print(f"[dim]{escape(note)}{last.summary()}[/]", highlight=False, soft_wrap=True)
     return "".join(pieces)
 

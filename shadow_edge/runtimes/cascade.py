@@ -14,6 +14,13 @@ the prompt is handed over as it is: the shadow network never processes the promp
 The escalated answer is the attached model's answer to the prompt alone (it does not continue
 the shadow's partial answer), so a greedy cascade that escalates gives the attached model's
 greedy tokens. One prompt at a time: escalation is a per-request decision.
+
+    model = load_cascade("out/", draft_tokens=4)     # = open("out/", "cascade", draft_tokens=4)
+
+With draft_tokens, a local escalation is decoded speculatively (speculative.py): the shadow, whose
+cache of the prompt is warm already, drafts up to that many tokens per backbone pass, and the
+backbone verifies them. The answer is the same (attached's greedy tokens at temperature 0, its
+sampling distribution otherwise); the result's `speculative` holds the drafts' stats.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +53,7 @@ from .generate import (
 from .model import ShadowEdgeModel, open_bundle, open_graphs, verify_graphs
 from .remote import RemoteChunk, RemoteModel
 from .sessions import GraphRunner
+from .speculative import Prefilled, Speculation, check_draft_tokens
 from .tokenizer import Message, Tokenizer
 
 
@@ -154,11 +163,13 @@ class CascadeModel(ShadowEdgeModel):
         policy: EscalationPolicy,
         remote: RemoteModel | None,
         open_backbone: Callable[[], dict[str, GraphRunner]] | None = None,
+        draft_tokens: int | None = None,
     ) -> None:
         super().__init__(root, manifest, None, tokenizer)  # type: ignore[arg-type]
         self.runners = runners
         self.policy = policy
         self.remote = remote
+        self.draft_tokens = draft_tokens  # None: a local escalation decodes plainly
         self._open_backbone = open_backbone
         self._opening = threading.Lock()
 
@@ -244,11 +255,25 @@ class CascadeModel(ShadowEdgeModel):
             yield from self._remote(out, ids, request, config)
         else:
             out.served_by = "attached"
-            yield from self._rows(_Resumed(self.attached_engine(), shadow), ids, config)
+            engine = self.attached_engine()
+            if self.draft_tokens is None:
+                yield from self._rows(_Resumed(engine, shadow), ids, config)
+                return
+            # the shadow's pass over the prompt is done: drafting starts from its states and cache
+            speculation = Speculation(self.runners, self.context_length, self.draft_tokens)
+            warm = partial(speculation.stream, prefilled=Prefilled(shadow.prompt_states, shadow.prompt_cache))
+            yield from self._rows(engine, ids, config, warm)
 
-    def _rows(self, engine, ids: list[int], config: GenerationConfig) -> Iterator[Response]:
+    def _rows(self, engine, ids: list[int], config: GenerationConfig, token_stream=None) -> Iterator[Response]:
         return stream_rows(
-            engine, self.tokenizer, [ids], config, self.default_max_new_tokens, self.eos_token_ids, self.pad_token_id
+            engine,
+            self.tokenizer,
+            [ids],
+            config,
+            self.default_max_new_tokens,
+            self.eos_token_ids,
+            self.pad_token_id,
+            token_stream,
         )
 
     def _remote(self, out: CascadeStream, ids: list[int], request: Any, config: GenerationConfig) -> Iterator[Response]:
@@ -304,11 +329,13 @@ def load_cascade(
     prepack: bool = True,
     timeout: float = 120.0,
     remote_api_key: str | None = None,
+    draft_tokens: int | None = None,
     **policy: Any,
 ) -> CascadeModel:
     """Open a bundle as a cascade. remote: the URL of an OpenAI-compatible server to escalate to
     (the backbone is then not loaded), sent remote_api_key as a Bearer token if given; otherwise
-    escalation continues in attached mode here.
+    escalation continues in attached mode here, speculatively with draft_tokens (the most drafted
+    per backbone pass; None: plain attached decoding).
     policy: EscalationPolicy settings (marker, marker_ids, confidence_threshold, max_mean_entropy,
     window) over the bundle's defaults (manifest.escalation); None keeps a default."""
     root = Path(bundle)
@@ -316,6 +343,10 @@ def load_cascade(
     refuse_generation(manifest)  # a classifier bundle has no LM head
     base_policy = EscalationPolicy.from_dict(manifest.escalation)
     chosen = base_policy.updated(**policy)
+    if draft_tokens is not None:
+        check_draft_tokens(draft_tokens)
+        if remote:
+            raise GenerationError("draft_tokens speed up a local escalation: a cascade with a remote has none")
     client = RemoteModel(remote, timeout=timeout, api_key=remote_api_key) if remote else None
     if client is None and BACKBONE_GRAPH not in manifest.graphs:
         raise GenerationError("this bundle has no backbone graph: a cascade needs --remote URL to escalate to")
@@ -329,4 +360,4 @@ def load_cascade(
         return open_graphs(root, manifest, [BACKBONE_GRAPH], threads, "size", prepack, purpose=purpose)
 
     opener = open_backbone if BACKBONE_GRAPH in names else None
-    return CascadeModel(root, manifest, runners, tokenizer, chosen, client, opener)
+    return CascadeModel(root, manifest, runners, tokenizer, chosen, client, opener, draft_tokens)

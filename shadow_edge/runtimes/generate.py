@@ -35,6 +35,7 @@ from .sampling import (
     log_softmax,
     make_logits_processors,
     make_sampler,
+    process_logits,
     seeded_generators,
     top_logprobs,
 )
@@ -76,6 +77,7 @@ class Response:
     finish_reason: str | None = None  # "eos" | "stop" | "length" on a row's last response
     logprob: float | None = None  # with GenerationConfig.logprobs: this token's
     top_logprobs: list[tuple[int, float]] | None = None  # (token id, log-probability), best first
+    speculative: dict[str, float] | None = None  # speculative decoding's stats of this row so far
 
     def summary(self) -> str:
         return (
@@ -97,6 +99,7 @@ class GenerationResult:
     finish_reason: str
     logprobs: list[float] | None = None  # per generated token, with GenerationConfig.logprobs
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    speculative: dict[str, float] | None = None  # rounds, drafted, accepted, acceptance (speculative only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -161,10 +164,12 @@ def resolve_max_new_tokens(requested: int | None, default: int, longest_prompt: 
 @dataclass
 class Step:
     """One step of a token stream: the token of every row [batch] and, when asked for, the
-    log-probabilities [batch, vocab] of the processed logits they were sampled from."""
+    log-probabilities [batch, vocab] of the processed logits they were sampled from; a
+    speculative stream adds each row's draft stats so far."""
 
     tokens: np.ndarray
     logprobs: np.ndarray | None = None
+    speculative: list[dict[str, float]] | None = None
 
 
 def step_tokens(
@@ -182,8 +187,7 @@ def step_tokens(
     histories = [np.asarray(row, dtype=np.int64) for row in prompts]
     logits = engine.forward(seqs, ids, mask, keep=1)[:, -1]
     while True:
-        for process in processors:
-            logits = process(histories, logits)
+        logits = process_logits(processors, histories, logits)
         tokens = sampler(logits, rngs)
         yield Step(tokens, log_softmax(logits) if with_logprobs else None)
         histories = [np.append(h, t) for h, t in zip(histories, tokens, strict=True)]
@@ -306,8 +310,10 @@ def stream_rows(
     if config.stop and tokenizer is None:
         raise GenerationError("stop strings need a bundle with a tokenizer; this one takes token ids only")
     eos = set(default_eos if config.eos_token_ids is None else config.eos_token_ids)
-    # the stream knows how many tokens it may still give (speculative drafts no more than that)
-    steps = (token_stream or partial(sampled_tokens, engine))(prompts, replace(config, max_new_tokens=max_new), pad_id)
+    # the stream knows how many tokens a row may still give and which end it (speculative drafts no
+    # more than that)
+    resolved = replace(config, max_new_tokens=max_new, eos_token_ids=sorted(eos))
+    steps = (token_stream or partial(sampled_tokens, engine))(prompts, resolved, pad_id)
     rows = [_Row(tokenizer, config.stop, eos, len(p)) for p in prompts]
     return _responses(steps, rows, max_new, config.logprobs)
 
@@ -347,6 +353,7 @@ def _responses(
                     finish_reason=row.finish_reason,
                     logprob=logprob,
                     top_logprobs=best,
+                    speculative=out.speculative[index] if out.speculative else None,
                 )
             if all(row.finish_reason is not None for row in rows):
                 return
@@ -385,6 +392,7 @@ def collect(responses: Iterator[Response], batch: int, mode: str, has_text: bool
                 finish_reason=r.finish_reason,
                 logprobs=logprobs[b] if r.logprob is not None else None,
                 top_logprobs=tops[b] if r.logprob is not None else None,
+                speculative=r.speculative,
             )
         )
     return results

@@ -3,6 +3,7 @@
     open_model("out/", mode="attached")                  # also detached, base
     open_model("out/", mode="cascade", remote=None)      # + EscalationPolicy settings
     open_model("out/", mode="speculative", draft_tokens=4)
+    open_model("out/", mode="cascade", draft_tokens=4)   # a local escalation decoded speculatively
 
 load(), load_cascade() and load_speculative() stay as they are; this only chooses among them and
 refuses options that belong to another mode (rather than ignoring them).
@@ -43,9 +44,10 @@ def open_model(
     draft_tokens: int | None = None,
     **cascade: Any,
 ) -> ShadowEdgeModel:
-    """Open `bundle` in `mode` (one of ALL_MODES). draft_tokens: speculative only; cascade:
-    load_cascade()'s remote, remote_api_key, timeout and escalation policy settings (None = the
-    bundle's)."""
+    """Open `bundle` in `mode` (one of ALL_MODES). draft_tokens: the most tokens the shadow drafts
+    per backbone pass, in speculative mode (None: 4) and in the cascade, whose local escalation it
+    makes speculative (None: plain attached decoding). cascade: load_cascade()'s remote,
+    remote_api_key, timeout and escalation policy settings (None = the bundle's)."""
     if mode not in ALL_MODES:
         raise ValueError(f"mode must be one of {', '.join(ALL_MODES)}, got {mode!r}")
     unknown = sorted(set(cascade) - CASCADE_OPTIONS)
@@ -54,13 +56,13 @@ def open_model(
     given = sorted(k for k, v in cascade.items() if v is not None)
     if given and mode != "cascade":
         raise ValueError(f"{', '.join(given)} apply to cascade mode only, not {mode}")
-    if draft_tokens is not None and mode != "speculative":
-        raise ValueError(f"draft_tokens applies to speculative mode only, not {mode}")
+    if draft_tokens is not None and mode not in ("speculative", "cascade"):
+        raise ValueError(f"draft_tokens applies to speculative and cascade modes only, not {mode}")
     opened = dict(threads=threads, verify=verify, prepack=prepack)
     if mode == "cascade":
         from .cascade import load_cascade
 
-        return load_cascade(bundle, **opened, **cascade)
+        return load_cascade(bundle, **opened, draft_tokens=draft_tokens, **cascade)
     if mode == "speculative":
         from .speculative import DEFAULT_DRAFT_TOKENS, load_speculative
 

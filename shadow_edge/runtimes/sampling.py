@@ -22,6 +22,7 @@ from ..errors import GenerationError
 
 Sampler = Callable[[np.ndarray, Sequence[np.random.Generator]], np.ndarray]
 LogitsProcessor = Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray]
+Distribution = Callable[[np.ndarray], np.ndarray]
 
 
 def check_settings(temperature: float, top_k: int, top_p: float, repetition_penalty: float) -> None:
@@ -77,6 +78,29 @@ def distribution(logits: np.ndarray, temperature: float = 1.0, top_k: int = 0, t
     return probs
 
 
+def make_distribution(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> Distribution:
+    """logits [..., vocab] -> the probabilities the sampler of these settings draws from: one-hot on
+    the argmax at temperature 0 (what speculative sampling compares when decoding greedily)."""
+    check_settings(temperature, top_k, top_p, 1.0)
+    if temperature > 0:
+        return lambda logits: distribution(logits, temperature, top_k, top_p)
+
+    def one_hot(logits: np.ndarray) -> np.ndarray:
+        probs = np.zeros(logits.shape, dtype=np.float64)
+        np.put_along_axis(probs, np.argmax(logits, axis=-1)[..., None], 1.0, axis=-1)
+        return probs
+
+    return one_hot
+
+
+def inverse_cdf(probs: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """The token of each row [batch] that uniforms [batch] in [0, 1) pick from probs [batch, vocab]
+    (unnormalised is fine): one draw per row, so the row's generator alone decides its token."""
+    cdf = np.cumsum(probs, axis=-1)
+    tokens = (cdf <= uniforms[:, None] * cdf[:, -1:]).sum(axis=-1)  # <=: never a token of probability 0
+    return np.minimum(tokens, probs.shape[-1] - 1).astype(np.int64)
+
+
 def make_sampler(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> Sampler:
     """A sampler: argmax when temperature is 0, else one draw per row from `distribution`."""
     check_settings(temperature, top_k, top_p, 1.0)
@@ -85,11 +109,7 @@ def make_sampler(temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -
 
     def sample(logits: np.ndarray, rngs: Sequence[np.random.Generator]) -> np.ndarray:
         probs = distribution(logits, temperature, top_k, top_p)
-        # inverse CDF with one uniform draw per row: the row's generator alone decides its token
-        draws = np.array([rng.random() for rng in rngs])[:, None]
-        cdf = np.cumsum(probs, axis=-1)
-        tokens = (cdf <= draws * cdf[:, -1:]).sum(axis=-1)  # <=: never a token of probability 0
-        return np.minimum(tokens, probs.shape[-1] - 1).astype(np.int64)
+        return inverse_cdf(probs, np.array([rng.random() for rng in rngs]))
 
     return sample
 
@@ -152,6 +172,15 @@ def make_logits_processors(
     if logit_bias:
         processors.append(make_logit_bias(logit_bias))
     return processors
+
+
+def process_logits(
+    processors: Sequence[LogitsProcessor], histories: Sequence[np.ndarray], logits: np.ndarray
+) -> np.ndarray:
+    """The processors applied in order to logits [batch, vocab] (histories: one per row)."""
+    for process in processors:
+        logits = process(histories, logits)
+    return logits
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

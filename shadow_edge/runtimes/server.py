@@ -14,11 +14,13 @@ per prompt, `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs` (+
 chat) and, in completions, `echo` (the prompt's tokens scored too, what lm-eval-harness's
 loglikelihood reads; `max_tokens: 0` then scores the prompt alone) follow OpenAI, streamed too: a
 stream gives every choice of every prompt one after the other, each chunk naming its choice's
-`index` (the echoed prompt is a choice's first chunk). Log-probabilities: openai_logprobs.py. As vLLM does,
-`"return_token_ids": true` adds `token_ids` to each choice (each chunk's own ids when streaming):
+`index` (the echoed prompt is a choice's first chunk). Log-probabilities: openai_logprobs.py. As
+vLLM does, `"return_token_ids": true` adds `token_ids` to each choice (each chunk's own ids when streaming):
 the cascade's remote escalation compares tokens exactly with it. A bundle without a tokenizer takes
 token ids and always returns them. When the model's result (or stream) says who served it, as a
-cascade's does, `shadow_edge: {escalated, served_by, reason}` rides along.
+cascade's does, `shadow_edge: {escalated, served_by, reason}` rides along; speculative decoding adds
+`shadow_edge: {speculative: {rounds, drafted, accepted, acceptance}}`, summed over the choices (a
+stream gives each choice's on that choice's last chunk).
 
 The model is duck-typed: anything with mode, context_length, default_max_new_tokens, tokenizer,
 encode(), encode_chat(), stream() and generate() (and optionally chat()/stream_chat(), which a
@@ -56,6 +58,7 @@ from . import server_guard
 from .generate import MAX_TOP_LOGPROBS, GenerationResult, Response
 from .openai_logprobs import Entry, chat_logprobs, completion_logprobs, generated_entries, prompt_entries
 from .server_guard import REQUEST_TIMEOUT, ApiError
+from .speculative import SpeculativeStats
 
 log = logging.getLogger(__name__)
 
@@ -405,9 +408,14 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
 
 
-def _cascade(source: Any) -> dict[str, Any]:
-    """{"shadow_edge": {escalated, served_by, reason}} when a cascade's result or stream has them."""
+def _shadow_edge(source: Any, generations: Sequence[Any] = ()) -> dict[str, Any]:
+    """{"shadow_edge": {...}}: escalated, served_by and reason when a cascade's result or stream has
+    them; the draft stats summed over the generations (results, or a stream's last Response) that
+    were decoded speculatively."""
     found = {name: getattr(source, name) for name in CASCADE_FIELDS if hasattr(source, name)}
+    drafts = [g.speculative for g in generations if getattr(g, "speculative", None)]
+    if drafts:
+        found["speculative"] = SpeculativeStats.total(drafts).to_dict()
     return {"shadow_edge": found} if found else {}
 
 
@@ -546,15 +554,17 @@ class Server:
     def complete(self, request: ParsedRequest, reply: Reply) -> dict[str, Any]:
         """The whole answer (in a worker thread): n choices per prompt, in OpenAI's order (prompt
         by prompt); usage counts each prompt once. Choice i gets seed + i, so that choices differ."""
-        choices, prompt_tokens, new_tokens, result = [], 0, 0, None
+        choices, prompt_tokens, new_tokens, result, results = [], 0, 0, None, []
         for p, prompt in enumerate(request.prompts or [None]):
             echoed = self.echo(request, prompt) if request.echo else None
             for i in range(request.n):
                 result = self.call(request, False, prompt, i) if request.max_tokens != 0 else None
                 choices.append(reply.answer(p * request.n + i, result, echoed))
                 new_tokens += result.new_tokens if result else 0
+                results += [result] if result else []
             prompt_tokens += result.prompt_tokens if result else len(echoed.ids) if echoed else 0
-        return reply.envelope(choices, chunk=False, usage=_usage(prompt_tokens, new_tokens), **_cascade(result))
+        usage = _usage(prompt_tokens, new_tokens)
+        return reply.envelope(choices, chunk=False, usage=usage, **_shadow_edge(result, results))
 
     def echo(self, request: ParsedRequest, prompt: str | list[int] | None) -> Echo:
         model = self.model
@@ -650,7 +660,8 @@ class Server:
                 )
                 started.add(index)
                 done = finish is not None
-                yield _event(reply.envelope([choice], chunk=True, **(_cascade(piece.source) if done else {})))
+                extra = _shadow_edge(piece.source, [response] if response is not None else []) if done else {}
+                yield _event(reply.envelope([choice], chunk=True, **extra))
                 # one token per worker-thread call: the event loop stays free, and a disconnect
                 # is noticed between tokens
                 piece = await run_in_threadpool(next, pieces, None)
