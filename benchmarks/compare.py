@@ -181,7 +181,7 @@ def prepare(work: Path, systems: list[str]) -> None:
         shadow_edge.export(work / "ckpt", work / "bundle", with_base=True)
     if any(BUNDLE_SYSTEMS.get(s, ("",))[0] == "bundle-int4" for s in systems):
         if not (work / "bundle-int4" / "manifest.json").is_file():
-            from shadow_edge.exporters.quantize import quantize_bundle
+            from shadow_edge.bundle_tools.quantize import quantize_bundle
 
             quantize_bundle(work / "bundle", work / "bundle-int4", "int4", modes=["attached", "detached"])
 

@@ -101,7 +101,7 @@ def _load() -> list[float]:
 
 def _quantize(fp32: Path, out: Path, threads: int, options: dict) -> dict:
     done = _child(f"""
-        from shadow_edge.exporters.quantize import quantize_bundle
+        from shadow_edge.bundle_tools.quantize import quantize_bundle
         from shadow_edge.bundle import read_manifest
         quantize_bundle({str(fp32)!r}, {str(out)!r}, "int4", threads={threads}, force=True, **{options!r})
         result = {{"fidelity": read_manifest({str(out)!r}).fidelity}}

@@ -62,7 +62,7 @@ def prepare(work: Path, src: Path, quantize_bin: Path, convert_python: str, thre
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from compare import prepare as prepare_bundle
 
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     prepare_bundle(work, ["attached"])
     f32 = gguf_path(work, "F32")
@@ -83,7 +83,7 @@ def prepare(work: Path, src: Path, quantize_bin: Path, convert_python: str, thre
 
 def eval_ids(work: Path) -> list[int]:
     from shadow_edge.bundle import read_manifest
-    from shadow_edge.exporters.evaluate import eval_tokens
+    from shadow_edge.bundle_tools.evaluate import eval_tokens
 
     bundle = work / "bundle"
     return eval_tokens(bundle, read_manifest(bundle), None)[0].tolist()
@@ -111,7 +111,7 @@ def fidelity_worker(work: Path, threads: int) -> dict:
     import numpy as np
 
     from shadow_edge.bundle import read_manifest
-    from shadow_edge.exporters.evaluate import evaluate, open_engine
+    from shadow_edge.bundle_tools.evaluate import evaluate, open_engine
 
     ids = eval_ids(work)
     f32 = gguf_top1(work, "F32", ids, threads)

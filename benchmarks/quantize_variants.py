@@ -49,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from shadow_edge.bundle import read_manifest
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     chosen = {name: VARIANTS[name] for name in args.only or VARIANTS}
     bundles = {"float32": args.bundle}

@@ -33,7 +33,7 @@ VARIANTS = {
 
 def _decode(bundle: str, mode: str, loader: str, threads: int, queue) -> None:
     from shadow_edge.bundle import read_manifest
-    from shadow_edge.exporters.evaluate import open_engine
+    from shadow_edge.bundle_tools.evaluate import open_engine
     from shadow_edge.runtimes.model import load
 
     ids = np.random.default_rng(0).integers(100, 10000, size=(1, PROMPT))
@@ -91,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from shadow_edge.bundle import read_manifest
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     scratch = Path(__file__).parent / "results" / "tmp"
     bundles = {"float32": args.bundle}

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BundleError
+from .escalation_policy import POLICY_LIMITS, POLICY_SECTION
 from .manifest_schema import MAX_MANIFEST_BYTES, build, loads
 from .verify_cache import hash_matches, sha256_file
 
@@ -49,14 +50,37 @@ CASCADE_GRAPHS = {
     "local": (SHADOW_GRAPH, SHADOW_HEAD_GRAPH, BACKBONE_GRAPH),
     "remote": (SHADOW_GRAPH, SHADOW_HEAD_GRAPH),
 }
+# the graphs each schedule opens (the cascade's when it escalates on this device)
+SCHEDULE_GRAPHS = MODE_GRAPHS | {"cascade": CASCADE_GRAPHS["local"], "speculative": CASCADE_GRAPHS["local"]}
 
 # I/O names follow optimum / onnxruntime-genai so the detached graph is a plain decoder.
 PAST_KEY = "past_key_values.{}.key"
 PAST_VALUE = "past_key_values.{}.value"
 PRESENT_KEY = "present.{}.key"
 PRESENT_VALUE = "present.{}.value"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
 SHADOW_STATES = "shadow_states"
 LOGITS_TO_KEEP = "num_logits_to_keep"
+LOGITS = "logits"
+TOKEN_INPUTS = (INPUT_IDS, ATTENTION_MASK, POSITION_IDS)
+
+
+@dataclass(frozen=True)
+class GraphKind:
+    """The interface of one kind of graph: its inputs, in order, then (when cached) the past
+    keys/values of its cache; its first output, then (when cached) the present ones."""
+
+    inputs: tuple[str, ...]
+    output: str
+    cached: bool = True
+
+    def input_names(self, cache: CacheSpec) -> list[str]:
+        return [*self.inputs, *(cache.past_names() if self.cached else [])]
+
+    def output_names(self, cache: CacheSpec) -> list[str]:
+        return [self.output, *(cache.present_names() if self.cached else [])]
 
 
 @dataclass
@@ -78,6 +102,11 @@ class GraphSpec:
     precision: str = "float32"  # weights: "float32", "int8" (dynamic) or "int4" (MatMulNBits)
     quantization: dict[str, Any] = field(default_factory=dict)  # method, settings, what was excluded
 
+    @property
+    def cached(self) -> bool:
+        """Whether the graph reads and writes a KV cache (the shadow head does not)."""
+        return any(t.name.startswith("past_key_values.") for t in self.inputs)
+
 
 @dataclass
 class CacheSpec:
@@ -93,6 +122,19 @@ class CacheSpec:
 
     def present_names(self) -> list[str]:
         return [n for i in range(self.num_layers) for n in (PRESENT_KEY.format(i), PRESENT_VALUE.format(i))]
+
+
+# Every graph kind a bundle may hold. Both graph builders (exporters/onnx_build.py writing the
+# graphs, exporters/onnx_export.py tracing them) declare exactly these inputs and outputs, and a
+# manifest whose graphs say otherwise is refused (check_consistency), as is a session that
+# disagrees with its manifest (runtimes/sessions.py).
+GRAPH_KINDS = {
+    SHADOW_GRAPH: GraphKind(TOKEN_INPUTS, SHADOW_STATES),
+    SHADOW_LM_GRAPH: GraphKind((*TOKEN_INPUTS, LOGITS_TO_KEEP), LOGITS),
+    BACKBONE_GRAPH: GraphKind((*TOKEN_INPUTS, SHADOW_STATES, LOGITS_TO_KEEP), LOGITS),
+    BASE_LM_GRAPH: GraphKind((*TOKEN_INPUTS, LOGITS_TO_KEEP), LOGITS),
+    SHADOW_HEAD_GRAPH: GraphKind((SHADOW_STATES,), LOGITS, cached=False),
+}
 
 
 @dataclass
@@ -131,7 +173,7 @@ class Manifest:
     tokenizer: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)  # quantized bundles: eval against the source
     mobile: dict[str, Any] = field(default_factory=dict)  # ORT-format graphs, onnxruntime-genai folder
-    escalation: dict[str, Any] = field(default_factory=dict)  # cascade policy defaults (runtimes/escalation.py)
+    escalation: dict[str, Any] = field(default_factory=dict)  # cascade policy defaults (escalation_policy.py)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -191,9 +233,7 @@ LIMITS = {
     "Manifest.generation.repetition_penalty": (0, 1e4),
     "Manifest.generation.eos_token_ids": (0, MAX_VOCAB),
     "Manifest.escalation.marker_ids": (0, MAX_VOCAB),
-    "Manifest.escalation.confidence_threshold": (0, 1e4),
-    "Manifest.escalation.max_mean_entropy": (0, 1e4),
-    "Manifest.escalation.window": (1, 1 << 16),
+    **{f"Manifest.escalation.{key}": bounds for key, bounds in POLICY_LIMITS.items()},
 }
 # the keys the runtime reads from the free-form sections, and their types
 SECTIONS = {
@@ -213,13 +253,7 @@ SECTIONS = {
         "pad_token": str | None,
         "add_bos_token": bool,
     },
-    "Manifest.escalation": {
-        "marker": str | None,
-        "marker_ids": list[int] | None,
-        "confidence_threshold": float,
-        "max_mean_entropy": float | None,
-        "window": int,
-    },
+    "Manifest.escalation": POLICY_SECTION,  # the cascade's policy (escalation_policy.py)
 }
 # graphs whose `logits` output spans the vocabulary
 LM_GRAPHS = (SHADOW_LM_GRAPH, BACKBONE_GRAPH, BASE_LM_GRAPH, SHADOW_HEAD_GRAPH)
@@ -251,16 +285,29 @@ def check_consistency(manifest: Manifest) -> None:
 
 
 def _check_graph_io(graph: str, spec: GraphSpec, cache: CacheSpec, vocab_size: int) -> None:
+    kind = GRAPH_KINDS.get(graph)
+    if kind is None:
+        raise BundleError(f"manifest names a graph {graph[:MAX_NAME]!r}; graphs are {', '.join(GRAPH_KINDS)}")
     tensors = [*spec.inputs, *spec.outputs]
     for t in tensors:
         if not t.name or len(t.name) > MAX_NAME or "\x00" in t.name or len(t.shape) > 8 or len(t.dtype) > 32:
             raise BundleError(f"manifest graph {graph} has a malformed input/output {t.name[:MAX_NAME]!r}")
+    if not kind.cached and (spec.cached or any(t.name.startswith("present.") for t in spec.outputs)):
+        raise BundleError(f"manifest graph {graph} has a KV cache; a {graph} graph has none")
+    named = [t.name for t in spec.inputs if not t.name.startswith("past_key_values.")]
+    first = spec.outputs[0].name if spec.outputs else None
+    if named != list(kind.inputs) or first != kind.output:
+        raise BundleError(
+            f"manifest graph {graph} takes {', '.join(named)[:200]} and gives {first!r} first; "
+            f"a {graph} graph takes {', '.join(kind.inputs)} and gives {kind.output!r} first"
+        )
     past = sorted(t.name for t in spec.inputs if t.name.startswith("past_key_values."))
-    present = sorted(t.name for t in spec.outputs if t.name.startswith("present."))
-    if past and (past != sorted(cache.past_names()) or present != sorted(cache.present_names())):
+    present = [t.name for t in spec.outputs[1:]]  # the runtime reads them in this order
+    if kind.cached and (past != sorted(cache.past_names()) or present != cache.present_names()):
         raise BundleError(
             f"manifest graph {graph} has {len(past)} cache inputs and {len(present)} cache outputs, "
-            f"its cache of {cache.num_layers} layers needs {2 * cache.num_layers} of each"
+            f"its cache of {cache.num_layers} layers needs {2 * cache.num_layers} of each "
+            "(outputs in the order present.0.key, present.0.value, present.1.key, ...)"
         )
     for t in tensors:
         wrong = shape_mismatch(t.name, t.shape, cache, vocab_size if graph in LM_GRAPHS else None)

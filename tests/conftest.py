@@ -118,7 +118,7 @@ def tiny_text_export(tmp_path_factory) -> Exported:
 @pytest.fixture(scope="session")
 def smollm2_int8(smollm2_export, tmp_path_factory) -> Path:
     """The SmolLM2 bundle quantized to int8, evaluated against it (slow)."""
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     out = tmp_path_factory.mktemp("smollm2-int8") / "bundle"
     return quantize_bundle(smollm2_export.bundle, out, "int8", threads=2).output
@@ -127,7 +127,7 @@ def smollm2_int8(smollm2_export, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_int4(smollm2_export, tmp_path_factory) -> Path:
     """The SmolLM2 bundle quantized to int4, evaluated, with .ort graphs and genai_config.json (slow)."""
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     out = tmp_path_factory.mktemp("smollm2-int4") / "bundle"
     return quantize_bundle(smollm2_export.bundle, out, "int4", threads=2, mobile=True).output

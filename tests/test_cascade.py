@@ -218,7 +218,7 @@ def test_bundle_without_head_is_refused_with_a_hint(tiny_text_export, tmp_path):
 
 
 def test_a_quantized_bundle_keeps_the_policy_and_cascades(tiny_text_export, tmp_path):
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     # --only attached keeps the head graph too (it holds no weights of its own)
     out = quantize_bundle(tiny_text_export.bundle, tmp_path / "q", "int8", modes=["attached"], check=False).output
@@ -248,7 +248,18 @@ def test_cli_run_cascade_json_and_errors(tiny_text_export):
     assert_one_line_error([bundle, "--prompt", "a", "--remote", "http://127.0.0.1:9"], "need --mode cascade")
     assert_one_line_error([bundle, "--prompt", "a", "--cascade", "--detached"], "choose one")
     assert_one_line_error(
-        [bundle, "--prompt", "a", "--cascade", "--remote", "http://127.0.0.1:9", "--confidence-threshold", "2"],
+        # --chat: a plain prompt to this chat-trained bundle would add a warning line
+        [
+            bundle,
+            "--chat",
+            "--prompt",
+            "a",
+            "--cascade",
+            "--remote",
+            "http://127.0.0.1:9",
+            "--confidence-threshold",
+            "2",
+        ],
         "cannot reach the remote http://127.0.0.1:9",
     )
 

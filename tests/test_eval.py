@@ -10,7 +10,7 @@ import pytest
 from test_export import run_cli
 
 from shadow_edge.bundle import read_manifest
-from shadow_edge.exporters.evaluate import GREEDY_PROMPTS, GREEDY_TOKENS, below_floor, evaluate
+from shadow_edge.bundle_tools.evaluate import GREEDY_PROMPTS, GREEDY_TOKENS, below_floor, evaluate
 
 
 def test_a_bundle_agrees_with_itself_exactly(tiny_exports):
@@ -109,7 +109,7 @@ def test_base_mode_is_compared_with_a_fresh_base_model(tiny_exports, tmp_path):
 
 
 def test_int8_against_the_checkpoint_gives_the_figures_it_gives_against_the_float32_bundle(tiny_exports, tmp_path):
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     exported = tiny_exports["qwen2"]
     quantized = quantize_bundle(exported.bundle, tmp_path / "q", "int8", check=False).output

@@ -18,8 +18,8 @@ from test_export import run_cli
 
 import shadow_edge
 from shadow_edge.bundle import read_manifest, verify_files
+from shadow_edge.bundle_tools import staging
 from shadow_edge.errors import OutputError
-from shadow_edge.exporters import staging
 
 
 def digest(folder: Path) -> dict[str, str]:

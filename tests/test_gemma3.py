@@ -26,7 +26,7 @@ def reference(gemma3_export):
 
 @pytest.fixture(scope="module")
 def gemma3_int4(gemma3_export, tmp_path_factory):
-    from shadow_edge.exporters.quantize import quantize_bundle
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
 
     out = tmp_path_factory.mktemp("gemma3-int4") / "bundle"
     # quantize's defaults: the GGUF's Q5_0/Q6_K/Q8_0 tensors at 8 bits (off-grid auto: the base is partly

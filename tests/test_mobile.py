@@ -10,9 +10,9 @@ import pytest
 
 import shadow_edge
 from shadow_edge.bundle import cache_for, read_manifest, verify_files
-from shadow_edge.exporters.evaluate import open_engine
-from shadow_edge.exporters.mobile import package_mobile, write_genai
-from shadow_edge.exporters.quantize import quantize_bundle
+from shadow_edge.bundle_tools.evaluate import open_engine
+from shadow_edge.bundle_tools.mobile import package_mobile, write_genai
+from shadow_edge.bundle_tools.quantize import quantize_bundle
 from shadow_edge.runtimes.sessions import GraphRunner
 
 og = pytest.importorskip("onnxruntime_genai")

@@ -15,9 +15,9 @@ from test_export import run_cli
 
 import shadow_edge
 from shadow_edge.bundle import read_manifest, verify_files
+from shadow_edge.bundle_tools.quantize import quantize_bundle
+from shadow_edge.bundle_tools.quantize_graph import head_nodes
 from shadow_edge.errors import QuantizeError
-from shadow_edge.exporters.quantize import quantize_bundle
-from shadow_edge.exporters.quantize_graph import head_nodes
 
 
 def _graph(bundle: Path, name: str) -> onnx.GraphProto:

@@ -13,9 +13,9 @@ from models import tiny_base, write_checkpoint
 from safetensors.numpy import load_file, save_file
 
 from shadow_edge.bundle import read_manifest
-from shadow_edge.exporters.quantize import quantize_bundle
-from shadow_edge.exporters.quantize_graph import head_nodes
-from shadow_edge.exporters.quantize_grid import fit_blocks
+from shadow_edge.bundle_tools.quantize import quantize_bundle
+from shadow_edge.bundle_tools.quantize_graph import head_nodes
+from shadow_edge.bundle_tools.quantize_grid import fit_blocks
 
 BLOCK = 16  # the tiny models' sizes (32, 48) are multiples of 16
 
@@ -48,7 +48,7 @@ def test_q4_1_blocks_are_reproduced_exactly(bits):
 def test_a_wide_weight_is_fitted_in_column_chunks_with_the_same_result(monkeypatch):
     """fit_blocks bounds its float64 search by fitting FIT_COLUMNS output columns at a time (a 262k-row
     head peaked at ~6 GB in one piece): the chunked fit must equal the whole one, bit for bit."""
-    from shadow_edge.exporters import quantize_grid
+    from shadow_edge.bundle_tools import quantize_grid
 
     rng = np.random.default_rng(3)
     w = np.concatenate([q4_1(rng.normal(size=(37, 64)).astype(np.float32)), rng.normal(size=(30, 64))]).T

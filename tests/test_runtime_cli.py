@@ -160,3 +160,125 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize(("args", "expected"), BAD_REQUESTS, ids=[e for _, e in BAD_REQUESTS])
 def test_a_bad_request_gives_a_one_line_error(tiny_exports, args, expected):
     assert_one_line_error([tiny_exports["llama"].bundle, *args], expected)
+
+
+def test_version_prints_the_package_version():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"shadow-edge {shadow_edge.__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["run", "serve", "export", "quantize", "eval", "bench", "inspect", None])
+def test_help_shows_flags_without_a_bool_metavar(command):
+    result = CliRunner().invoke(app, [command, "--help"] if command else ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--help" in result.stdout
+    assert "<bool>" not in result.stdout
+    if command == "run":  # options that take a value keep theirs
+        assert "--chat " in result.stdout and "<int>" in result.stdout
+
+
+def test_a_plain_prompt_to_a_chat_trained_bundle_warns_in_detached_and_cascade_mode(tiny_text_export):
+    plain = [tiny_text_export.bundle, "--prompt", "hi", "--max-new-tokens", 3]
+    for mode, warned in (("detached", True), ("cascade", True), ("attached", False)):
+        code, _, stderr = run(*plain, "--mode", mode)
+        assert code == 0 and ("pass --chat" in stderr) is warned, (mode, stderr)
+    code, _, stderr = run(*plain, "--mode", "detached", "--chat")
+    assert code == 0 and "pass --chat" not in stderr
+
+
+def test_ctrl_c_in_a_chat_stops_the_answer_not_the_chat(tiny_text_export, monkeypatch, capsys):
+    from shadow_edge.cli import run_commands
+
+    model = shadow_edge.load(tiny_text_export.bundle, threads=1)
+    lines = iter(["hi", KeyboardInterrupt, "and then", ""])  # Ctrl-C at the prompt drops the line
+
+    def typed(_prompt: str) -> str:
+        line = next(lines)
+        if not isinstance(line, str):
+            raise line()
+        return line
+
+    monkeypatch.setattr("builtins.input", typed)
+    asked, streams = [], []
+    real = model.stream_chat
+
+    def stream_chat(messages, **settings):
+        asked.append([dict(m) for m in messages])
+        stream = real(messages, **settings)
+        streams.append(stream)
+        if len(asked) == 1:  # Ctrl-C arrives while the first answer is being written
+            return _InterruptedAfter(stream, 2)
+        return stream
+
+    monkeypatch.setattr(model, "stream_chat", stream_chat)
+    run_commands._chat_loop(model, {"max_new_tokens": 6, "temperature": 0, "eos_token_ids": []})
+    partial = "".join(r.text for r in real([{"role": "user", "content": "hi"}], max_new_tokens=2, temperature=0))
+    assert len(asked) == 2  # the chat went on after the stopped answer
+    assert asked[1] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": partial},
+        {"role": "user", "content": "and then"},
+    ]
+    assert streams[0].gi_frame is None  # the first generation was closed, not left running
+    out = capsys.readouterr()
+    assert "answer stopped" in out.err and out.out.startswith(partial)
+
+
+class _InterruptedAfter:
+    """A real stream whose consumer gets KeyboardInterrupt after `count` responses, as when SIGINT
+    arrives between tokens; close() closes the real stream."""
+
+    def __init__(self, stream, count):
+        self.stream, self.left = stream, count
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return next(self.stream)
+
+    def close(self):
+        self.stream.close()
+
+
+def test_chat_has_readline_history_in_a_terminal(tiny_text_export):
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import time
+
+    master, slave = pty.openpty()
+    command = [sys.executable, "-c", "from shadow_edge.cli import app; app()", "run", str(tiny_text_export.bundle)]
+    command += ["--chat", "--max-new-tokens", "2", "--threads", "1"]
+    proc = subprocess.Popen(command, stdin=slave, stdout=slave, stderr=slave, env=os.environ, start_new_session=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(marker: bytes, count: int) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + 60
+        while seen.count(marker) < count and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:
+                    return
+
+    try:
+        read_until(b"> ", 1)
+        os.write(master, b"hello there\r")
+        read_until(b"> ", 2)
+        os.write(master, b"\x1b[A\r")  # the up arrow recalls the last line
+        read_until(b"> ", 3)
+        os.write(master, b"\r")  # an empty line ends the chat
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    after_second_prompt = seen.split(b"> ")[2]
+    assert after_second_prompt.startswith(b"hello there"), seen  # redrawn by readline

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 # Runs in a fresh interpreter (the runtime-only venv when CI provides it) where importing torch
 # or transformers fails, so that even a lazy import on the way would show.
@@ -54,3 +55,24 @@ def test_runtime_load_generate_run_and_serve_import_neither_torch_nor_transforme
     assert result["loaded"] == []
     assert len(result["attached"]) >= 1 and len(result["detached"]) >= 1 and isinstance(result["text"], str)
     assert len(result["speculative"]) == 4
+
+
+def test_the_bundle_tools_import_neither_torch_nor_transformers():
+    # quantize, evaluate, mobile, staging and weights need onnx (the export extra) but not torch:
+    # run with this interpreter, torch and transformers blocked
+    modules = [p.stem for p in Path(shadow_edge_root(), "bundle_tools").glob("*.py") if p.stem != "__init__"]
+    imports = [f"import shadow_edge.bundle_tools.{m}" for m in modules]
+    blocked = SCRIPT.split("bundle, text_bundle")[0]  # the Block finder alone
+    script = blocked + "\n".join([*imports, "print('RESULT' + json.dumps(sorted(sys.modules)))"])
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert {"quantize", "evaluate", "mobile", "staging", "weights"} <= set(modules)
+    assert all(f"shadow_edge.bundle_tools.{m}" in loaded for m in modules)
+    assert not [m for m in loaded if m.split(".")[0] in ("torch", "transformers")]
+
+
+def shadow_edge_root() -> Path:
+    import shadow_edge
+
+    return Path(shadow_edge.__file__).parent

@@ -261,8 +261,6 @@ BAD = [
     ("/v1/completions", {"prompt": "a", "logit_bias": {"5": 101}}, 400, None, "logit_bias values must be in"),
     ("/v1/completions", {"prompt": "a", "logit_bias": {"500": 1}}, 400, None, "outside the vocabulary"),
     ("/v1/completions", {"prompt": "a", "presence_penalty": 3}, 400, None, "presence_penalty must be in"),
-    ("/v1/completions", {"prompt": "a", "n": 2, "stream": True}, 400, None, "a stream gives one choice"),
-    ("/v1/completions", {"prompt": "a", "echo": True, "stream": True}, 400, None, "a stream gives one choice"),
     ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 2}, 400, "top_logprobs", "needs logprobs: true"),
     ("/v1/chat/completions", {"messages": CHAT, "echo": True}, 400, "echo", "not supported"),
     ("/v1/completions", {"prompt": ""}, 400, "prompt", "empty"),

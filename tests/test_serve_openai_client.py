@@ -124,5 +124,57 @@ def test_penalties_and_logit_bias_equal_the_librarys(model, client):
 def test_refused_fields_raise_a_bad_request(client):
     with pytest.raises(openai.BadRequestError, match="best_of"):
         client.completions.create(model="m", prompt=PROMPT, best_of=2)
-    with pytest.raises(openai.BadRequestError, match="one choice"):
-        client.completions.create(model="m", prompt=PROMPT, n=2, stream=True)
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        client.completions.create(model="m", prompt=PROMPT, suffix="!", stream=True)
+
+
+def _by_index(chunks: Any) -> tuple[dict[int, list[Any]], Any]:
+    """The streamed choices of each index, in order, and the usage chunk."""
+    got: dict[int, list[Any]] = {}
+    usage = None
+    for chunk in chunks:
+        usage = chunk.usage or usage
+        for c in chunk.choices:
+            got.setdefault(c.index, []).append(c)
+    return got, usage
+
+
+def test_a_stream_of_n_choices_of_a_prompt_batch_adds_up_to_the_whole_answer(client):
+    body = dict(model="m", prompt=["the cat", "a dog ran"], max_tokens=6, temperature=1.0, seed=5, n=2)
+    whole = client.completions.create(**body, extra_body={"return_token_ids": True})
+    chunks = client.completions.create(
+        **body, stream=True, stream_options={"include_usage": True}, extra_body={"return_token_ids": True}
+    )
+    streamed, usage = _by_index(chunks)
+    assert sorted(streamed) == [0, 1, 2, 3]
+    for choice in whole.choices:
+        parts = streamed[choice.index]
+        assert "".join(c.text for c in parts) == choice.text
+        assert [t for c in parts for t in c.model_extra["token_ids"]] == choice.model_extra["token_ids"]
+        assert [c.finish_reason for c in parts] == [None] * (len(parts) - 1) + [choice.finish_reason]
+    assert len({c.text for c in whole.choices[:2]}) == 2  # seed + index: the two choices differ
+    assert usage.model_dump() == whole.usage.model_dump()
+
+
+def test_a_streamed_echo_with_logprobs_starts_with_the_scored_prompt(model, client):
+    ids = model.encode(PROMPT)
+    body = dict(model="m", prompt=PROMPT, logprobs=1, echo=True, max_tokens=3, temperature=0)
+    whole = client.completions.create(**body).choices[0]
+    parts = _by_index(client.completions.create(**body, stream=True))[0][0]
+    assert parts[0].text == model.tokenizer.decode(ids) and parts[0].logprobs.token_logprobs[0] is None
+    assert "".join(c.text for c in parts) == whole.text
+    scored = [lp for c in parts for lp in c.logprobs.token_logprobs]
+    assert scored[1:] == pytest.approx(whole.logprobs.token_logprobs[1:], abs=1e-6) and len(scored) == len(ids) + 3
+    # max_tokens 0: the prompt alone, finished
+    (alone,) = _by_index(client.completions.create(**body | {"max_tokens": 0}, stream=True))[0][0]
+    assert alone.text == PROMPT and alone.finish_reason == "length"
+
+
+def test_a_chat_stream_of_n_choices_gives_each_its_role_and_answer(model, client):
+    body = dict(model="m", messages=CHAT, max_completion_tokens=5, temperature=1.0, seed=3, n=3)
+    whole = client.chat.completions.create(**body)
+    streamed = _by_index(client.chat.completions.create(**body, stream=True))[0]
+    for choice in whole.choices:
+        parts = streamed[choice.index]
+        assert parts[0].delta.role == "assistant" and all(c.delta.role is None for c in parts[1:])
+        assert "".join(c.delta.content for c in parts) == choice.message.content

@@ -183,8 +183,8 @@ def robot_bundles(folder: Path) -> dict[str, Path]:
     """The fp32 demo bundle, and its web int4 profile (`quantize --profile web`): int4 body, float32
     head (the int8/int4 head's MatMulNBits is slow in wasm), accuracy level 0 (x86 then computes in
     float32 as wasm does, so both give the same tokens; on x86 alone the native profile is faster)."""
+    from shadow_edge.bundle_tools.quantize import quantize_bundle
     from shadow_edge.exporters.demo import write_demo_checkpoint
-    from shadow_edge.exporters.quantize import quantize_bundle
 
     ckpt, bundle, web = folder / "ckpt", folder / "bundle", folder / "web-int4"
     if not (ckpt / "shadow_adapter.safetensors").is_file():

@@ -9,16 +9,21 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .common import app, console, err_console, friendly_errors
+from .common import MODE_HELP, command, console, friendly_errors
+from .progress_bar import progress_bar
 
 
-@app.command()
+@command()
 @friendly_errors
 def bench(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
     prompt_lens: Annotated[str, typer.Option(help="comma-separated prompt lengths")] = "32,256,1024",
     new_tokens: Annotated[int, typer.Option(min=2, max=4096, help="tokens decoded per run")] = 32,
-    modes: Annotated[str | None, typer.Option(help="comma-separated modes (default: all the bundle has)")] = None,
+    mode: Annotated[
+        list[str] | None,
+        typer.Option(help=f"{MODE_HELP} (repeatable; default: every mode the bundle supports)"),
+    ] = None,
+    modes: Annotated[str | None, typer.Option(help="comma-separated modes (= --mode, repeated)")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime intra-op threads")] = None,
     repeat: Annotated[int, typer.Option(min=1, max=100, help="runs per case (median reported)")] = 3,
     constrained: Annotated[bool, typer.Option("--constrained", help="also detached at 1 thread")] = False,
@@ -26,20 +31,24 @@ def bench(
     plot: Annotated[Path | None, typer.Option(help="write a PNG: decode tok/s against context")] = None,
 ) -> None:
     """Measure prefill/decode speed, per-graph time, peak RSS and memory-bandwidth use."""
-    from ..runtimes.bench import BenchSettings
+    from ..runtimes.bench import BenchSettings, require_matplotlib
     from ..runtimes.bench import bench as run_bench
     from ..runtimes.bench import plot as write_plot
     from ..runtimes.generate import parse_token_ids
 
+    if plot:
+        require_matplotlib()  # before minutes of measuring
+    chosen = [*(mode or []), *(modes.split(",") if modes else [])]
     settings = BenchSettings(
         prompt_lens=parse_token_ids(prompt_lens),
         new_tokens=new_tokens,
-        modes=modes.split(",") if modes else None,
+        modes=list(dict.fromkeys(chosen)) or None,
         threads=threads,
         repeat=repeat,
         constrained=constrained,
     )
-    report = run_bench(bundle, settings, on_mode=None if as_json else _announce_mode)
+    with progress_bar(quiet=as_json) as progress:
+        report = run_bench(bundle, settings, progress=progress)
     if plot:
         write_plot(report, plot)
     if as_json:
@@ -80,10 +89,6 @@ def bench(
     console.print(
         f"memory read bandwidth {bw['used']:.1f} GB/s (probe runs: {', '.join(f'{b:.1f}' for b in bw['runs'])})"
     )
-
-
-def _announce_mode(mode: str, threads: int | None) -> None:
-    err_console.print(f"[dim]measuring {mode}{f' at {threads} thread(s)' if threads else ''} ...[/]")
 
 
 def _print_memory(report: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from .common import app, console, friendly_errors
+from .common import command, console, friendly_errors
 
 
 def _read_jsonl(path: Path) -> list[str | list[int]]:
@@ -36,7 +36,7 @@ def _read_jsonl(path: Path) -> list[str | list[int]]:
     return inputs
 
 
-@app.command()
+@command()
 @friendly_errors
 def classify(
     bundle: Annotated[Path, typer.Argument(help="classifier bundle folder (exported from a SEQ_CLS checkpoint)")],

@@ -7,17 +7,65 @@ import os
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
+from .. import __version__
 from ..errors import OS_PROBLEMS, ShadowEdgeError
 
+
+def _hide_flag_metavars(command: Any, ctx: Any) -> None:
+    """Flags (options that take no value) show no `<bool>` metavar in --help."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+
+class Group(TyperGroup):
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _hide_flag_metavars(self, ctx)
+        super().format_help(ctx, formatter)
+
+
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, help="Export ShadowPEFT models to ONNX and run them on edge CPUs."
+    cls=Group,
+    no_args_is_help=True,
+    add_completion=False,
+    help="Export ShadowPEFT models to ONNX and run them on edge CPUs.",
 )
+
+
+def command(name: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """app.command() with this CLI's help (see Command)."""
+    return app.command(name=name, cls=Command)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"shadow-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Export ShadowPEFT models to ONNX and run them on edge CPUs."""
+
+
+MODE_HELP = "attached, detached, base, cascade (shadow first, escalating when unsure) or speculative"
 PIPE_WIDTH = 1000  # columns for output that is not a terminal (a table is as wide as its cells need)
 
 

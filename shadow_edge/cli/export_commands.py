@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import app, console, err_console, friendly_errors
+from .common import command, console, friendly_errors
+from .progress_bar import progress_bar
 from .reports import print_manifest, warn_fidelity
 
 
-@app.command()
+@command()
 @friendly_errors
 def export(
     checkpoint: Annotated[
@@ -46,8 +47,6 @@ def export(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Export a ShadowPEFT checkpoint to a validated ONNX bundle."""
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from ..exporters.export import STAGES
     from ..exporters.export import export as run_export
 
@@ -62,27 +61,20 @@ def export(
         "validate": "validating against PyTorch",
         "finish": "writing manifest",
     }
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-        disable=as_json,
-    ) as progress:
-        task = progress.add_task(labels["load"], total=len(STAGES))
+    with progress_bar(quiet=as_json) as progress:
+        progress(labels["load"], 0, len(STAGES))
 
         def advance(stage: str) -> None:
+            """export() names each stage as it ends (stages a bundle lacks are skipped)."""
             index = STAGES.index(stage)
             following = STAGES[index + 1] if index + 1 < len(STAGES) else stage
-            progress.update(task, completed=index + 1, description=labels[following])
+            progress(labels[following], index + 1, len(STAGES))
 
         do_export = run_export
         if quantize != "none":
             from functools import partial
 
-            from ..exporters.quantize import export_quantized
+            from ..bundle_tools.quantize import export_quantized
 
             do_export = partial(export_quantized, to=quantize)
         result = do_export(
@@ -120,12 +112,12 @@ def export(
 
 def _escalation(**settings: Any) -> dict[str, Any]:
     """Escalation settings given on the command line ('' turns the marker off)."""
-    from ..runtimes.escalation import EscalationPolicy
+    from ..escalation_policy import EscalationPolicy
 
     return EscalationPolicy().updated(**settings).to_dict() if any(v is not None for v in settings.values()) else {}
 
 
-@app.command()
+@command()
 @friendly_errors
 def inspect(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],

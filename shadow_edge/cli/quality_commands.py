@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from .common import app, console, err_console, fail, friendly_errors
+from ..progress import Progress
+from .common import command, console, fail, friendly_errors
+from .progress_bar import progress_bar
 from .reports import print_fidelity, print_manifest, warn_fidelity
 
 # ---- quantize and eval ------------------------------------------------------------------------
@@ -26,7 +28,7 @@ def _read_text(path: Path | None) -> str | None:
         raise BundleError(f"cannot read --text {path}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
-@app.command()
+@command()
 @friendly_errors
 def quantize(
     bundle: Annotated[Path, typer.Argument(help="float32 bundle folder")],
@@ -59,13 +61,12 @@ def quantize(
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
     """Quantize a bundle's weights (int8/int4) and report its fidelity against the source."""
-    from ..exporters.quantize import quantize_bundle
+    from ..bundle import read_manifest
+    from ..bundle_tools.quantize import quantize_bundle
 
-    with (
-        err_console.status(f"quantizing to {to} and evaluating", spinner="dots")
-        if not as_json
-        else contextlib.nullcontext()
-    ):
+    # quantize_bundle() names each graph as it is written, then "mobile", then "evaluate" (last)
+    graphs = None if only else len(read_manifest(bundle).graphs)
+    with progress_bar(quiet=as_json) as progress:
         result = quantize_bundle(
             bundle,
             output,
@@ -84,6 +85,7 @@ def quantize(
             threads=threads,
             mobile=mobile,
             profile=profile,
+            progress=quantize_stages(progress, to, graphs, mobile, check),
         )
     m = result.manifest
     warn_fidelity(result.warnings)
@@ -105,7 +107,33 @@ def quantize(
     console.print(f"[green]quantized[/] {result.output} in {result.seconds:.1f} s")
 
 
-@app.command(name="eval")
+def quantize_stages(
+    progress: Progress, to: str, graphs: int | None, mobile: bool, check: bool
+) -> Callable[[str], None]:
+    """quantize_bundle()'s stage names as progress steps: `graphs` graph files (None: not known
+    ahead, with --only), the mobile files, the evaluation."""
+    total = graphs + mobile + 1 if graphs is not None else None
+    done = 0
+    after_graphs = "evaluating against the source" if check else "writing the manifest"
+    progress(f"quantizing to {to}", done, total)
+
+    def stage(name: str) -> None:
+        nonlocal done
+        done += 1
+        if name == "evaluate":
+            label = "done"
+        elif name == "mobile":
+            label = after_graphs
+        elif graphs is None or done < graphs:
+            label = f"quantizing to {to} ({name} written)"
+        else:
+            label = "writing the mobile graphs" if mobile else after_graphs
+        progress(label, done, total)
+
+    return stage
+
+
+@command("eval")
 @friendly_errors
 def eval_(
     bundle: Annotated[Path, typer.Argument(help="bundle folder to evaluate")],
@@ -121,15 +149,23 @@ def eval_(
 ) -> None:
     """Fidelity of BUNDLE against another bundle or its PyTorch checkpoint: top-1 agreement, KL,
     perplexity, greedy agreement, per mode."""
-    from ..exporters.evaluate import evaluate
+    from ..bundle_tools.evaluate import evaluate
 
     if (against is None) == (reference is None):
         fail("give one of --against BUNDLE or --reference CHECKPOINT")
     if base is not None and reference is None:
         fail("--base goes with --reference (the checkpoint's base model)")
-    report = evaluate(
-        bundle, against, text=_read_text(text), modes=mode, threads=threads, reference=reference, base=base
-    )
+    with progress_bar(quiet=as_json) as progress:
+        report = evaluate(
+            bundle,
+            against,
+            text=_read_text(text),
+            modes=mode,
+            threads=threads,
+            reference=reference,
+            base=base,
+            progress=progress,
+        )
     if as_json:
         print(json.dumps(report))
         return

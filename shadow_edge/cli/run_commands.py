@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,17 +11,18 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from .common import app, console, err_console, fail, friendly_errors, warn
+from .common import MODE_HELP, command, console, err_console, fail, friendly_errors, warn
 
-MODE_HELP = "attached, detached, base, cascade (shadow first, escalating when unsure) or speculative"
 ModeOption = Annotated[str | None, typer.Option(help=f"{MODE_HELP} (default: attached)")]
+# modes in which the shadow answers: its small network leans on the chat format it was trained in
+PLAIN_PROMPT_JUNK = ("detached", "cascade")
 RemoteApiKey = Annotated[
     str | None,
     typer.Option(envvar="SHADOW_EDGE_REMOTE_API_KEY", show_envvar=True, help="--remote's API key (Bearer)"),
 ]
 
 
-@app.command()
+@command()
 @friendly_errors
 def run(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],
@@ -118,6 +120,11 @@ def run(
         warn("--no-verify: weights are not checked against their sha256; corrupt ones may give wrong tokens")
     if chat and not (model.tokenizer and model.tokenizer.chat_template):
         raise GenerationError("--chat needs a bundle whose tokenizer has a chat template", hint="use --prompt")
+    if not chat and mode in PLAIN_PROMPT_JUNK and model.tokenizer is not None and model.tokenizer.chat_template:
+        warn(
+            f"this bundle was trained on chats (its tokenizer has a chat template): in {mode} mode a plain "
+            "prompt mostly gives junk; pass --chat to wrap it in the template"
+        )
     if interactive:
         _chat_loop(model, settings)
         return
@@ -173,15 +180,24 @@ def read_stdin() -> str:
     return text
 
 
-def _stream(model: Any, responses: Any) -> str:
-    """Print a generation as it is produced (text, or ids without a tokenizer); returns the text."""
+def _stream(model: Any, responses: Any, interruptible: bool = False) -> str:
+    """Print a generation as it is produced (text, or ids without a tokenizer); returns the text.
+    interruptible: Ctrl-C ends this answer (what was printed is kept) instead of the command."""
     pieces = []
     last = None
-    for last in responses:
-        piece = last.text if model.tokenizer is not None else f"{last.token} "
-        pieces.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    try:
+        for last in responses:
+            piece = last.text if model.tokenizer is not None else f"{last.token} "
+            pieces.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        if not interruptible:
+            raise
+        getattr(responses, "close", lambda: None)()  # the generation stops here
+        sys.stdout.write("\n")
+        err_console.print("[dim]answer stopped (Ctrl-C)[/]")
+        return "".join(pieces)
     sys.stdout.write("\n")
     if last is not None:
         served = getattr(responses, "served_by", None)  # a cascade's stream says who answered
@@ -194,22 +210,29 @@ def _stream(model: Any, responses: Any) -> str:
 
 
 def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
+    """An interactive chat: readline's line editing and history where Python has it; Ctrl-C
+    stops the answer being written (or clears the line being typed), not the chat."""
+    with contextlib.suppress(ImportError):  # Windows has no readline
+        import readline  # noqa: F401  (importing it gives input() editing and history)
     messages: list[dict[str, str]] = []
-    err_console.print("[dim]chat: an empty line or Ctrl-D ends it[/]")
+    err_console.print("[dim]chat: an empty line or Ctrl-D ends it; Ctrl-C stops an answer[/]")
     while True:
         try:
             line = input("> ")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             print()
             return
+        except KeyboardInterrupt:  # as in a shell: the line is dropped, the chat goes on
+            print()
+            continue
         if not line.strip():
             return
         messages.append({"role": "user", "content": line})
-        answer = _stream(model, model.stream_chat(messages, **settings))
+        answer = _stream(model, model.stream_chat(messages, **settings), interruptible=True)
         messages.append({"role": "assistant", "content": answer})
 
 
-@app.command()
+@command()
 @friendly_errors
 def serve(
     bundle: Annotated[Path, typer.Argument(help="bundle folder")],

@@ -32,11 +32,11 @@ from ..bundle import (
     file_entries,
     modes_of,
 )
+from ..bundle_tools.staging import check_not_an_input, staging
 from ..errors import ExportError
-from ..runtimes.escalation import EscalationPolicy
+from ..escalation_policy import EscalationPolicy
 from .loaders import SEQ_CLS, ShadowCheckpoint, load_checkpoint
 from .onnx_export import BUILDERS, DEFAULT_OPSET, WEIGHTS_FILE, SharedWeights, cache_spec, export_graphs
-from .staging import check_not_an_input, staging
 from .validate import DEFAULT_TOLERANCE, validate_bundle
 
 STAGES = ("load", "shadow", "shadow_lm", "shadow_head", "backbone", "base_lm", "tokenizer", "validate", "finish")
@@ -261,7 +261,7 @@ def export(
         )
         manifest.source["weights"] = weights.record(list(graphs))
         if mobile:  # ORT-format graphs and the onnxruntime-genai files (mobile.py)
-            from .mobile import package_mobile
+            from ..bundle_tools.mobile import package_mobile
 
             manifest.mobile = package_mobile(folder, manifest)
             manifest.files = file_entries(folder)

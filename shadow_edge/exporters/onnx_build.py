@@ -28,10 +28,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from ..bundle import (
+    ATTENTION_MASK,
     BACKBONE_GRAPH,
     BASE_LM_GRAPH,
+    GRAPH_KINDS,
+    INPUT_IDS,
     LOGITS_TO_KEEP,
-    SHADOW_GRAPH,
+    POSITION_IDS,
     SHADOW_HEAD_GRAPH,
     SHADOW_LM_GRAPH,
     SHADOW_STATES,
@@ -364,21 +367,21 @@ class _Decoder:
 
 
 def _graph_io(b: GraphBuilder, kind: str, spec: CacheSpec | None, hidden: int) -> dict[str, Any]:
-    """The inputs of a graph of this kind, in the traced graphs' order; past and present names."""
-    io: dict[str, Any] = {}
-    if kind == SHADOW_HEAD_GRAPH:
-        io[SHADOW_STATES] = b.input(SHADOW_STATES, TensorProto.FLOAT, ["batch", "sequence", hidden])
-        return io
-    io["input_ids"] = b.input("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    io["attention_mask"] = b.input("attention_mask", TensorProto.INT64, ["batch", "total_sequence"])
-    io["position_ids"] = b.input("position_ids", TensorProto.INT64, ["batch", "sequence"])
-    if kind == BACKBONE_GRAPH:
-        io[SHADOW_STATES] = b.input(SHADOW_STATES, TensorProto.FLOAT, ["batch", "sequence", hidden])
-    if kind != SHADOW_GRAPH:
-        io[LOGITS_TO_KEEP] = b.input(LOGITS_TO_KEEP, TensorProto.INT64, [])
-    kv_shape = ["batch", spec.num_kv_heads, "past_sequence", spec.head_dim]
-    io["past"] = [b.input(name, TensorProto.FLOAT, kv_shape) for name in spec.past_names()]
-    io["present"] = spec.present_names()
+    """The inputs of a graph of this kind (bundle.GRAPH_KINDS, in its order); past and present names."""
+    shapes = {
+        INPUT_IDS: (TensorProto.INT64, ["batch", "sequence"]),
+        ATTENTION_MASK: (TensorProto.INT64, ["batch", "total_sequence"]),
+        POSITION_IDS: (TensorProto.INT64, ["batch", "sequence"]),
+        SHADOW_STATES: (TensorProto.FLOAT, ["batch", "sequence", hidden]),
+        LOGITS_TO_KEEP: (TensorProto.INT64, []),
+    }
+    graph = GRAPH_KINDS[kind]
+    io: dict[str, Any] = {name: b.input(name, *shapes[name]) for name in graph.inputs}
+    if graph.cached:
+        assert spec is not None
+        kv_shape = ["batch", spec.num_kv_heads, "past_sequence", spec.head_dim]
+        io["past"] = [b.input(name, TensorProto.FLOAT, kv_shape) for name in spec.past_names()]
+        io["present"] = spec.present_names()
     return io
 
 
@@ -538,9 +541,14 @@ def _shadow_head_graph(loaded: ShadowCheckpoint) -> onnx.ModelProto:
 
 
 def build_graph(loaded: ShadowCheckpoint, kind: str, spec: CacheSpec) -> onnx.ModelProto:
-    """The graph `kind` of the loaded checkpoint (spec: its KV cache)."""
+    """The graph `kind` of the loaded checkpoint (spec: its KV cache), with GRAPH_KINDS' outputs."""
     if kind == SHADOW_HEAD_GRAPH:
-        return _shadow_head_graph(loaded)
-    if kind == BACKBONE_GRAPH:
-        return _backbone_graph(loaded, spec)
-    return _decoder_graph(loaded, kind, spec)
+        model = _shadow_head_graph(loaded)
+    elif kind == BACKBONE_GRAPH:
+        model = _backbone_graph(loaded, spec)
+    else:
+        model = _decoder_graph(loaded, kind, spec)
+    outputs = [o.name for o in model.graph.output]
+    if outputs != GRAPH_KINDS[kind].output_names(spec):  # the builder's own bug: not a user's error
+        raise AssertionError(f"the {kind} graph was built with the outputs {outputs[:3]}...")
+    return model

@@ -19,9 +19,13 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from ..bundle import (
+    ATTENTION_MASK,
     BACKBONE_GRAPH,
     BASE_LM_GRAPH,
+    GRAPH_KINDS,
+    INPUT_IDS,
     LOGITS_TO_KEEP,
+    POSITION_IDS,
     SHADOW_GRAPH,
     SHADOW_HEAD_GRAPH,
     SHADOW_LM_GRAPH,
@@ -29,6 +33,7 @@ from ..bundle import (
     CacheSpec,
     TensorSpec,
 )
+from ..bundle_tools.weights import WEIGHTS_FILE, SharedWeights, drop_unused_initializers, weight_bytes_per_token
 from ..errors import ExportError
 from .graphs import (
     GROUPED_ATTENTION,
@@ -40,7 +45,6 @@ from .graphs import (
     shadow_lm_graph,
 )
 from .onnx_build import build_graph, supported
-from .weights import WEIGHTS_FILE, SharedWeights, drop_unused_initializers, weight_bytes_per_token
 
 DEFAULT_OPSET = 17
 
@@ -57,44 +61,43 @@ def cache_spec(config) -> CacheSpec:
     )
 
 
+# symbolic axes of each input and first output (the KV tensors' are below)
+_AXES: dict[str, dict[int, str]] = {
+    "input_ids": {0: "batch", 1: "sequence"},
+    "attention_mask": {0: "batch", 1: "total_sequence"},
+    "position_ids": {0: "batch", 1: "sequence"},
+    SHADOW_STATES: {0: "batch", 1: "sequence"},
+}
+
+
 def _io_names(kind: str, cache: CacheSpec) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
-    if kind == SHADOW_HEAD_GRAPH:
-        return [SHADOW_STATES], ["logits"], {n: {0: "batch", 1: "sequence"} for n in (SHADOW_STATES, "logits")}
-    inputs = ["input_ids", "attention_mask", "position_ids"]
-    axes: dict[str, dict[int, str]] = {
-        "input_ids": {0: "batch", 1: "sequence"},
-        "attention_mask": {0: "batch", 1: "total_sequence"},
-        "position_ids": {0: "batch", 1: "sequence"},
-    }
-    if kind == BACKBONE_GRAPH:
-        inputs.append(SHADOW_STATES)
-        axes[SHADOW_STATES] = {0: "batch", 1: "sequence"}
-    if kind != SHADOW_GRAPH:
-        inputs.append(LOGITS_TO_KEEP)
-    inputs += cache.past_names()
+    """The graph kind's input and output names (bundle.GRAPH_KINDS) and their dynamic axes."""
+    spec = GRAPH_KINDS[kind]
+    inputs, outputs = spec.input_names(cache), spec.output_names(cache)
+    axes = {name: _AXES[name] for name in spec.inputs if name in _AXES}
+    if not spec.cached:  # the shadow head: logits of every position given
+        return inputs, outputs, axes | {spec.output: {0: "batch", 1: "sequence"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in cache.past_names()})
-    first = SHADOW_STATES if kind == SHADOW_GRAPH else "logits"
-    outputs = [first, *cache.present_names()]
-    axes[first] = {0: "batch", 1: "sequence" if kind == SHADOW_GRAPH else "kept_sequence"}
+    axes[spec.output] = {0: "batch", 1: "sequence" if kind == SHADOW_GRAPH else "kept_sequence"}
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in cache.present_names()})
     return inputs, outputs, axes
 
 
 def _dummy_inputs(kind: str, cache: CacheSpec, hidden_size: int) -> tuple[torch.Tensor, ...]:
+    """Example inputs for tracing, in the graph kind's input order (bundle.GRAPH_KINDS)."""
     batch, seq, past = 2, 3, 4  # distinct sizes so that tracing cannot confuse dimensions
-    if kind == SHADOW_HEAD_GRAPH:
-        return (torch.randn(batch, seq, hidden_size),)
-    args: list[torch.Tensor] = [
-        torch.randint(3, 10, (batch, seq)),
-        torch.ones(batch, past + seq, dtype=torch.long),
-        torch.arange(past, past + seq).repeat(batch, 1),
-    ]
-    if kind == BACKBONE_GRAPH:
-        args.append(torch.randn(batch, seq, hidden_size))
-    if kind != SHADOW_GRAPH:
-        args.append(torch.tensor(1, dtype=torch.long))
-    kv = torch.zeros(batch, cache.num_kv_heads, past, cache.head_dim)
-    args += [kv.clone() for _ in range(2 * cache.num_layers)]
+    make = {
+        INPUT_IDS: lambda: torch.randint(3, 10, (batch, seq)),
+        ATTENTION_MASK: lambda: torch.ones(batch, past + seq, dtype=torch.long),
+        POSITION_IDS: lambda: torch.arange(past, past + seq).repeat(batch, 1),
+        SHADOW_STATES: lambda: torch.randn(batch, seq, hidden_size),
+        LOGITS_TO_KEEP: lambda: torch.tensor(1, dtype=torch.long),
+    }
+    spec = GRAPH_KINDS[kind]
+    args = [make[name]() for name in spec.inputs]
+    if spec.cached:
+        kv = torch.zeros(batch, cache.num_kv_heads, past, cache.head_dim)
+        args += [kv.clone() for _ in range(2 * cache.num_layers)]
     return tuple(args)
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..bundle import SHADOW_GRAPH, SHADOW_HEAD_GRAPH, GraphSpec, ModelSpec, cache_for, modes_of
+from ..bundle import SHADOW_GRAPH, SHADOW_HEAD_GRAPH, GraphSpec, ModelSpec, modes_of
 from ..runtimes.engine import Engine, left_pad
-from ..runtimes.sessions import GraphRunner, session_options
+from ..runtimes.sessions import open_runners
 from .checkpoint import load_base_model
 from .loaders.description import SEQ_CLS, ShadowCheckpoint
 
@@ -37,11 +37,7 @@ class _Engines:
     path that generates; and the shadow graph's session, to compare shadow states directly."""
 
     def __init__(self, folder: Path, graphs: dict[str, GraphSpec], model: ModelSpec) -> None:
-        options = session_options()
-        runners = {
-            name: GraphRunner(folder / spec.file, spec, cache_for(model, name), options)
-            for name, spec in graphs.items()
-        }
+        runners = open_runners(folder, graphs, model, list(graphs))
         self.modes = modes_of(graphs)
         self.engines = {mode: Engine(mode, runners, model) for mode in self.modes}
         self.shadow = runners[SHADOW_GRAPH]

@@ -2,15 +2,20 @@
 time of each graph, peak RSS, and how close decoding comes to the machine's memory bandwidth.
 
 Each mode runs in its own subprocess (`python -m shadow_edge.runtimes.bench`), so that its peak RSS
-is its own. A run: random prompt ids (seeded) of each length, prefill, then `new_tokens` greedy
-steps through the runtime's Engine; medians over `repeat` runs, with min and max. Bytes read per
-decoded token = the weights the mode's graphs read (manifest) + the KV caches at that context;
-bandwidth use = bytes/token x tokens/s, against read_bandwidth() measured in the same run.
-Torch-free.
+is its own. Every mode open_model() offers is measured (cascade and speculative too). A run: the
+seeded random prompt of each length (bench_prompt), then `new_tokens` greedy tokens from the
+mode's stream, the tokens `run --mode MODE --greedy` gives (the report keeps them); prefill = the
+graphs' time on the prompt (each graph's first run), decode = the tokens after the first per
+second of the rest of the stream; medians over `repeat` runs, with min and max. Each graph's
+time and runs per decoded token are counted (a speculative round runs the shadow once per draft
+and the backbone once). Bytes read per decoded token = per graph, its
+runs x (its weights (manifest) + its KV cache at that context); bandwidth use = bytes/token x
+tokens/s, against read_bandwidth() measured in the same run. Torch-free.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -19,38 +24,75 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..bundle import MODE_GRAPHS, cache_for, graph_files, read_manifest, resolve_inside
+from ..bundle import MODE_GRAPHS, SCHEDULE_GRAPHS, CacheSpec, cache_for, graph_files, read_manifest, resolve_inside
 from ..errors import GenerationError
+from ..progress import Progress, silent
 from .bandwidth import read_bandwidth
+from .cascade import CascadeModel
 from .generate import peak_rss_mb
 from .memory import mapped_mb, reset_peak, rss_now
+from .model import ShadowEdgeModel
+from .modes import open_model, supported_modes
+from .sessions import GraphRunner
 
 SCHEMA = "shadow-edge-bench/1"
 MODULE = "shadow_edge.runtimes.bench"  # run as `python -m MODULE` for a clean process (not __name__: "__main__" there)
 
 
 class _TimedRunner:
-    """Stands in for a GraphRunner in the Engine and adds up the seconds of its steps."""
+    """Stands in for a GraphRunner in a schedule: adds up the seconds and counts the runs of its
+    steps after the first (the prompt's), passing everything else on. A speculative round runs
+    the shadow once per draft; a cascade holds its first tokens back until it has decided, so
+    decoding is timed by the graphs' runs, not by when the tokens come out."""
 
-    def __init__(self, runner) -> None:
+    def __init__(self, runner: GraphRunner) -> None:
         self.runner = runner
-        self.seconds = 0.0
+        self.reset()
 
-    def new_cache(self, batch: int):
-        return self.runner.new_cache(batch)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runner, name)
 
-    def step(self, *args, **kwargs):
+    def step(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self.runner.step, *args, **kwargs)
+
+    def head(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self.runner.head, *args, **kwargs)
+
+    def _timed(self, run: Any, *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
-        out = self.runner.step(*args, **kwargs)
-        self.seconds += time.perf_counter() - start
+        out = run(*args, **kwargs)
+        seconds = time.perf_counter() - start
+        if self.prompt_seconds is None:
+            self.prompt_seconds = seconds
+        else:
+            self.seconds += seconds
+            self.calls += 1
         return out
+
+    def reset(self) -> None:
+        self.prompt_seconds: float | None = None
+        self.seconds, self.calls = 0.0, 0
 
 
 def _spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def bench_prompt(vocab_size: int, length: int, seed: int = 0) -> list[int]:
+    """The prompt of every run at `length`: random token ids, the same for a seed and length."""
+    return np.random.default_rng([seed, length]).integers(0, vocab_size, size=length).tolist()
+
+
+def _graph_runners(model: ShadowEdgeModel) -> dict[str, Any]:
+    """The sessions a model's schedule runs, all opened (a cascade's backbone too)."""
+    if isinstance(model, CascadeModel):
+        model.attached_engine()  # escalations run the backbone: opened before timing
+        return model.runners
+    return model.engine.runners
 
 
 def measure_mode(
@@ -62,48 +104,51 @@ def measure_mode(
     repeat: int,
     seed: int = 0,
 ) -> dict:
-    """Figures of one mode, in this process (see bench() for a clean peak RSS per mode)."""
-    from .model import load
-
-    model = load(bundle, mode=mode, threads=threads, verify="size")
-    engine = model.engine
-    timed = {name: _TimedRunner(runner) for name, runner in engine.runners.items()}
-    engine.runners = timed
+    """Figures of one mode, in this process (see bench() for a clean peak RSS per mode). Each run
+    is the mode's greedy stream through open_model(), as `run --mode MODE --greedy` decodes it."""
+    model = open_model(bundle, mode, threads=threads, verify="size")
+    runners = _graph_runners(model)
+    timed = {name: _TimedRunner(runner) for name, runner in runners.items()}
+    runners.update(timed)
     spec = model.manifest.model
-    rng = np.random.default_rng(seed)
-    weights = model.manifest.weight_bytes_per_token(mode)
     rows = []
     for length in prompt_lens:
         if length + new_tokens > model.context_length:
             rows.append({"prompt_len": length, "skipped": f"exceeds the context of {model.context_length}"})
             continue
+        prompt = bench_prompt(spec.vocab_size, length, seed)
         prefill, decode, split = [], [], {name: [] for name in timed}
+        runs = {name: [] for name in timed}
         for _ in range(repeat + 1):  # the first run warms up and is dropped
-            ids = rng.integers(0, spec.vocab_size, size=(1, length))
-            seqs = engine.start(1)
-            start = time.perf_counter()
-            logits = engine.forward(seqs, ids)
-            prefill.append(time.perf_counter() - start)
             for runner in timed.values():
-                runner.seconds = 0.0
+                runner.reset()
             start = time.perf_counter()
-            for _ in range(new_tokens):
-                logits = engine.forward(seqs, logits[:, -1:].argmax(-1))
-            decode.append(new_tokens / (time.perf_counter() - start))
+            stream = model.stream(prompt, max_new_tokens=new_tokens, temperature=0, eos_token_ids=[])
+            tokens = [r.token for r in stream]
+            seconds = time.perf_counter() - start
+            prompt_s = sum(r.prompt_seconds or 0.0 for r in timed.values())
+            steps = len(tokens) - 1  # the first token comes from the prompt's logits
+            prefill.append(prompt_s)
+            decode.append(steps / (seconds - prompt_s))
             for name, runner in timed.items():
-                split[name].append(1000 * runner.seconds / new_tokens)
+                split[name].append(1000 * runner.seconds / steps)
+                runs[name].append(runner.calls / steps)
         prefill, decode = prefill[1:], decode[1:]
+        per_token = {name: statistics.median(v[1:]) for name, v in runs.items()}
         context = length + new_tokens // 2
-        caches = [cache_for(spec, g) for g in MODE_GRAPHS[mode]]  # one cache per graph
-        kv = sum(2 * c.num_layers * c.num_kv_heads * c.head_dim * context * 4 for c in caches)
+        graphs = model.manifest.graphs
+        weights = sum(per_token[g] * graphs[g].weight_bytes_per_token for g in timed)
+        kv = sum(per_token[g] * _kv_bytes(cache_for(spec, g), context) for g in timed if graphs[g].cached)
         rows.append(
             {
                 "prompt_len": length,
                 "prefill_s": _spread(prefill),
                 "prefill_tok_per_s": length / statistics.median(prefill),
                 "decode_tok_per_s": _spread(decode),
-                "decode_ms_per_graph": {name: statistics.median(v[1:]) for name, v in split.items()},
-                "bytes_per_token": {"weights": weights, "kv_cache": kv, "total": weights + kv},
+                "decode_ms_per_graph": {name: statistics.median(v[1:]) for name, v in split.items() if any(v[1:])},
+                "runs_per_token": {name: n for name, n in per_token.items() if n},
+                "bytes_per_token": {"weights": round(weights), "kv_cache": round(kv), "total": round(weights + kv)},
+                "token_ids": tokens,
             }
         )
     return {"mode": mode, "threads": threads, "rows": rows, "peak_rss_mb": peak_rss_mb()}
@@ -187,6 +232,11 @@ def memory_breakdown(
     }
 
 
+def _kv_bytes(cache: CacheSpec, context: int) -> int:
+    """float32 keys and values of every layer at `context` positions (batch 1)."""
+    return 2 * cache.num_layers * cache.num_kv_heads * cache.head_dim * context * 4
+
+
 @dataclass
 class BenchSettings:
     prompt_lens: list[int]
@@ -197,31 +247,30 @@ class BenchSettings:
     constrained: bool = False  # also detached at 1 thread, as on a small device
 
 
-def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
+def bench(bundle: str | Path, settings: BenchSettings, progress: Progress = silent) -> dict:
     """Every requested mode in its own subprocess, plus the bandwidth probe; the JSON report."""
     manifest = read_manifest(bundle)
-    modes = settings.modes or manifest.modes
-    unknown = [m for m in modes if m not in manifest.modes]
+    supported = supported_modes(manifest)
+    modes = settings.modes or supported
+    unknown = [m for m in modes if m not in supported]
     if unknown:
-        raise GenerationError(
-            f"this bundle does not support {', '.join(unknown)} (it has: {', '.join(manifest.modes)})"
-        )
+        raise GenerationError(f"this bundle does not support {', '.join(unknown)} (it has: {', '.join(supported)})")
     if not settings.prompt_lens or min(settings.prompt_lens) < 1 or settings.new_tokens < 2 or settings.repeat < 1:
         raise GenerationError("prompt lengths must be >= 1, new tokens >= 2 and repeat >= 1")
     runs = [(m, settings.threads) for m in modes]
     if settings.constrained and "detached" in manifest.modes:
         runs.append(("detached", 1))
     threads = settings.threads or os.cpu_count() or 1
-    largest = max(manifest.weight_bytes_per_token(m) for m in modes)
+    largest = max(sum(manifest.graphs[g].weight_bytes_per_token for g in SCHEDULE_GRAPHS[m]) for m in modes)
+    progress("probing memory bandwidth", 0, len(runs) + 1)
     probe = [read_bandwidth(threads, nbytes=max(largest, 64 << 20)) for _ in range(2)]
     results = []
-    for mode, mode_threads in runs:
-        if on_mode:
-            on_mode(mode, mode_threads)
+    for done, (mode, mode_threads) in enumerate(runs, start=1):
+        progress(f"measuring {mode}{f' at {mode_threads} thread(s)' if mode_threads else ''}", done, len(runs) + 1)
         args = [
             sys.executable,
             "-m",
-            __name__,
+            MODULE,
             str(bundle),
             mode,
             ",".join(map(str, settings.prompt_lens)),
@@ -229,12 +278,13 @@ def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
             str(mode_threads or 0),
             str(settings.repeat),
         ]
-        done = subprocess.run(args, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise GenerationError(f"bench of {mode} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-        results.append(json.loads(done.stdout))
+        finished = subprocess.run(args, capture_output=True, text=True, check=False)
+        if finished.returncode != 0:
+            raise GenerationError(f"bench of {mode} failed: {(finished.stderr.strip().splitlines() or ['?'])[-1]}")
+        results.append(json.loads(finished.stdout))
     for result in results:
         result["memory"] = _breakdown_in_subprocess(bundle, result, settings.new_tokens)
+    progress("measured", len(runs) + 1, len(runs) + 1)
     bandwidth = min(probe)
     for result in results:
         for row in result["rows"]:
@@ -255,6 +305,8 @@ def bench(bundle: str | Path, settings: BenchSettings, on_mode=None) -> dict:
 
 def _breakdown_in_subprocess(bundle: str | Path, result: dict, new_tokens: int) -> dict:
     """memory_breakdown() of a measured mode, in a fresh process, at its longest prompt that ran."""
+    if result["mode"] not in MODE_GRAPHS:  # a schedule of several engines: its graphs' breakdowns are theirs
+        return {"skipped": f"{result['mode']} runs several engines: see attached and detached"}
     lengths = [row["prompt_len"] for row in result["rows"] if "skipped" not in row]
     if not lengths:
         return {"skipped": "no prompt length fits the context"}
@@ -265,12 +317,17 @@ def _breakdown_in_subprocess(bundle: str | Path, result: dict, new_tokens: int) 
     return json.loads(done.stdout)
 
 
+def require_matplotlib() -> None:
+    """plot() needs matplotlib: checked before measuring, not after minutes of it."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise GenerationError("--plot needs matplotlib, which is not installed", hint="pip install matplotlib")
+
+
 def plot(report: dict, path: Path) -> None:
     """Decode tok/s against context length, one line per mode (needs matplotlib)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise GenerationError("--plot needs matplotlib", hint="pip install matplotlib") from None
+    require_matplotlib()
+    import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -10,69 +10,19 @@ The policy looks at the first `window` tokens the detached shadow generates:
 Probabilities are the shadow's own next-token distribution (softmax of its logits, before
 temperature, top-k/p and repetition penalty), so the decision does not depend on how one samples.
 After `window` tokens without escalation, or when the shadow finishes sooner, its answer stands:
-the cascade holds the shadow's text back until then and streams it afterwards.
+the cascade holds the shadow's text back until then and streams it afterwards. The policy itself
+(its fields, checks and manifest schema) is escalation_policy.py, beside the manifest's.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import GenerationError
+from ..escalation_policy import EscalationPolicy
 
-
-@dataclass(frozen=True)
-class EscalationPolicy:
-    marker: str | None = "[REMOTE]"
-    marker_ids: tuple[int, ...] | None = None
-    confidence_threshold: float = 0.0
-    max_mean_entropy: float | None = None
-    window: int = 8
-
-    def __post_init__(self) -> None:
-        if self.marker is not None and (not isinstance(self.marker, str) or not self.marker):
-            raise GenerationError(f"the escalation marker must be a non-empty string, got {self.marker!r}")
-        if self.marker_ids is not None and (
-            not self.marker_ids or not all(isinstance(t, int) and t >= 0 for t in self.marker_ids)
-        ):
-            raise GenerationError(f"marker_ids must be a non-empty list of token ids, got {self.marker_ids!r}")
-        if not _is_number(self.confidence_threshold) or self.confidence_threshold < 0:
-            raise GenerationError(f"the confidence threshold must be a number >= 0, got {self.confidence_threshold!r}")
-        if self.max_mean_entropy is not None and (not _is_number(self.max_mean_entropy) or self.max_mean_entropy < 0):
-            raise GenerationError(f"max_mean_entropy must be a number >= 0, got {self.max_mean_entropy!r}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise GenerationError(f"the escalation window must be a positive number of tokens, got {self.window!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> EscalationPolicy:
-        """A policy from a manifest's `escalation` object or keyword settings (None = default)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GenerationError(f"unknown escalation setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-        values = dict(data)
-        if values.get("marker_ids") is not None:
-            values["marker_ids"] = tuple(values["marker_ids"])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["marker_ids"] = list(self.marker_ids) if self.marker_ids is not None else None
-        return data
-
-    def updated(self, **settings: Any) -> EscalationPolicy:
-        """This policy with the given settings replaced: None leaves a setting as it is, and an
-        empty marker ("") turns the marker rule off."""
-        given = {k: (None if v == "" else v) for k, v in settings.items() if v is not None}
-        return EscalationPolicy.from_dict(self.to_dict() | given) if given else self
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+__all__ = ["Decision", "EscalationPolicy", "next_token_stats"]
 
 
 def next_token_stats(logits: np.ndarray) -> tuple[float, float]:

@@ -30,17 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from ..bundle import (
-    BACKBONE_GRAPH,
-    BASE_LM_GRAPH,
     MODE_GRAPHS,
-    SHADOW_GRAPH,
-    SHADOW_HEAD_GRAPH,
-    SHADOW_LM_GRAPH,
     Manifest,
-    cache_for,
     graph_files,
     read_manifest,
-    resolve_inside,
     verify_files,
 )
 from ..errors import BundleError, GenerationError
@@ -55,7 +48,7 @@ from .generate import (
     prompt_logprobs,
     stream_rows,
 )
-from .sessions import GraphRunner, session_options, shared_weights
+from .sessions import GraphRunner, open_runners
 from .tokenizer import Message, Tokenizer
 
 MODES = tuple(MODE_GRAPHS)
@@ -71,20 +64,6 @@ VERIFY = ("hash", "size")
 #   int4 attached  on: 36 tok/s, off: 7 tok/s (MatMulNBits without packed weights is slow)
 #   fp32 detached  on: 130 tok/s, off: 95 tok/s (1 thread)
 # So it is on by default; load(..., prepack=False) (`run --low-memory`) trades that speed for memory.
-
-# Thread spinning. Each session has its own intra-op pool whose threads spin for a while after a
-# run. In attached mode the shadow graph's spinning threads then steal the cores from the backbone
-# that runs right after it: on 2 cores this halved attached decoding (SmolLM2, 2 threads: 19-21
-# tok/s with spinning everywhere, 28-34 tok/s with the shadow's pool sleeping; the base model
-# alone: 37). The small shadow graph loses nothing measurable by waking its threads from sleep.
-# The cascade's shadow head runs between two shadow steps, the same situation.
-SPIN = {
-    SHADOW_GRAPH: False,
-    BACKBONE_GRAPH: True,
-    SHADOW_LM_GRAPH: True,
-    BASE_LM_GRAPH: True,
-    SHADOW_HEAD_GRAPH: False,
-}
 
 
 def load(
@@ -123,21 +102,7 @@ def open_graphs(
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     verify_graphs(root, manifest, names, verify, purpose)
-    # Without prepacking the sessions read the weights file itself: one mapping for all of them.
-    # With prepacking, onnxruntime's own per-session mapping is better: it lets go of the pages it
-    # packed, while pages read through a mapping of ours stay resident (SmolLM2 fp32 attached: load
-    # peaked at 1146 MB through one shared mapping, 735 MB through onnxruntime's).
-    data = {resolve_inside(root, f) for g in names for f in graph_files(manifest, g) if f.endswith(".data")}
-    weights = None if prepack else shared_weights(sorted(data))
-
-    def runner(name: str) -> GraphRunner:
-        spec = manifest.graphs[name]
-        options = session_options(threads, prepack=prepack, spin=SPIN[name], weights=weights)
-        return GraphRunner(resolve_inside(root, spec.file), spec, cache_for(manifest.model, name), options, weights)
-
-    # onnxruntime releases the GIL while it builds a session: graphs open side by side
-    with ThreadPoolExecutor(max_workers=max(1, min(len(names), 2))) as pool:
-        return dict(zip(names, pool.map(runner, names), strict=True))
+    return open_runners(root, manifest.graphs, manifest.model, names, threads, prepack)
 
 
 def open_bundle(

@@ -12,14 +12,15 @@ Requests and responses follow OpenAI's schema; `stream: true` answers with serve
 (temperature 0 = greedy); `top_k` and `repetition_penalty` are accepted as extras. `n` choices
 per prompt, `presence_penalty`, `frequency_penalty`, `logit_bias`, `logprobs` (+ `top_logprobs` in
 chat) and, in completions, `echo` (the prompt's tokens scored too, what lm-eval-harness's
-loglikelihood reads; `max_tokens: 0` then scores the prompt alone) follow OpenAI; a stream gives
-one choice of one prompt, without echo. Log-probabilities: openai_logprobs.py. As vLLM does,
-`"return_token_ids": true` adds `token_ids` to each choice (each chunk's own ids when streaming):
+loglikelihood reads; `max_tokens: 0` then scores the prompt alone) follow OpenAI, streamed too: a
+stream gives every choice of every prompt one after the other, each chunk naming its choice's
+`index` (the echoed prompt is a choice's first chunk). Log-probabilities: openai_logprobs.py. As
+vLLM does, `"return_token_ids": true` adds `token_ids` to each choice (each chunk's own ids when streaming):
 the cascade's remote escalation compares tokens exactly with it. A bundle without a tokenizer takes
 token ids and always returns them. When the model's result (or stream) says who served it, as a
 cascade's does, `shadow_edge: {escalated, served_by, reason}` rides along; speculative decoding adds
 `shadow_edge: {speculative: {rounds, drafted, accepted, acceptance}}`, summed over the choices (a
-stream's last chunk carries them).
+stream gives each choice's on that choice's last chunk).
 
 The model is duck-typed: anything with mode, context_length, default_max_new_tokens, tokenizer,
 encode(), encode_chat(), stream() and generate() (and optionally chat()/stream_chat(), which a
@@ -206,8 +207,6 @@ def parse_request(body: Any, chat: bool, max_tokens_limit: int) -> ParsedRequest
         n=n,
         echo=echo,
     )
-    if parsed.stream and (n > 1 or echo or len(parsed.prompts or [None]) > 1):
-        raise ApiError(400, "a stream gives one choice of one prompt: n > 1, batches and echo need stream false")
     return parsed
 
 
@@ -483,9 +482,9 @@ class Server:
         try:
             if not parsed.stream:
                 return JSONResponse(await run_in_threadpool(self.complete, parsed, reply))
-            responses, first = await run_in_threadpool(self.open_stream, parsed)
+            pieces, first = await run_in_threadpool(self.open_stream, parsed)
             handed_over = True  # the stream releases the slot when it ends
-            return EventStream(self.events(reply, responses, first), lambda: self.close(responses))
+            return EventStream(self.events(reply, pieces, first), lambda: self.close(pieces))
         except (GenerationError, ValueError) as exc:  # the runtime's checks of the request
             raise ApiError(400, str(exc)) from None
         except ShadowEdgeError as exc:
@@ -593,50 +592,100 @@ class Server:
             prompt = model.encode_chat(request.messages)
         return (model.stream if stream else model.generate)(prompt, **settings)
 
-    def open_stream(self, request: ParsedRequest) -> tuple[Iterator[Response], Response | None]:
-        """The stream and its first Response: taken before the headers go out, so that a request
-        the runtime refuses (some check lazily) still gets a 400 rather than a broken stream."""
-        responses = self.call(request, True, (request.prompts or [None])[0])
+    def pieces(self, request: ParsedRequest) -> Iterator[Piece]:
+        """Every choice of every prompt streamed one after the other (in a worker thread, one piece
+        per next()). A choice's stream is opened and its first Response taken before its echo is
+        yielded, so that a request the runtime refuses fails before any chunk is sent."""
+        for p, prompt in enumerate(request.prompts or [None]):
+            echoed = self.echo(request, prompt) if request.echo else None
+            for i in range(request.n):
+                index = p * request.n + i
+                if request.max_tokens == 0:  # echo alone
+                    yield Piece(index, p, None, None, echoed)
+                    continue
+                responses = self.call(request, True, prompt, i)
+                try:
+                    response = next(responses, None)
+                    if echoed is not None:
+                        yield Piece(index, p, None, responses, echoed)
+                    while response is not None:
+                        yield Piece(index, p, response, responses)
+                        response = next(responses, None)
+                finally:
+                    _close(responses)
+
+    def open_stream(self, request: ParsedRequest) -> tuple[Iterator[Piece], Piece | None]:
+        """The pieces and the first one: taken before the headers go out, so that a request the
+        runtime refuses (some check lazily) still gets a 400 rather than a broken stream."""
+        pieces = self.pieces(request)
         try:
-            return responses, next(responses, None)
+            return pieces, next(pieces, None)
         except BaseException:
-            _close(responses)
+            _close(pieces)
             raise
 
-    def close(self, responses: Iterator[Response]) -> None:
-        _close(responses)
+    def close(self, pieces: Iterator[Piece]) -> None:
+        _close(pieces)
         self.slots.release()
 
-    async def events(self, reply: Reply, responses: Iterator[Response], first: Response | None) -> AsyncIterator[str]:
-        """SSE chunks, one per Response; the last carries finish_reason (and the cascade's fields)."""
-        response, seen, last = first, 0, None
+    async def events(self, reply: Reply, pieces: Iterator[Piece], first: Piece | None) -> AsyncIterator[str]:
+        """SSE chunks, one per piece; a choice's last carries its finish_reason (and the cascade's
+        fields); usage counts each prompt once, as without a stream."""
+        piece, seen, started = first, {}, set()
+        prompt_tokens: dict[int, int] = {}
+        new_tokens: dict[int, int] = {}
         try:
-            while response is not None:
-                last = response
-                # a stream that keeps its own token_ids (the cascade's, whose remote chunks may hold
-                # several ids) tells them; otherwise each Response is one token
-                kept = getattr(responses, "token_ids", None)
-                ids = list(kept[seen:]) if kept is not None else [response.token]
-                seen += len(ids)
-                done = response.finish_reason is not None
-                scored = [] if response.logprob is None else [(response.token, response.logprob, response.top_logprobs)]
+            while piece is not None:
+                response, index = piece.response, piece.index
+                if response is None:  # the echoed prompt
+                    echoed = piece.echoed
+                    assert echoed is not None
+                    prompt_tokens[piece.prompt] = len(echoed.ids)
+                    finish = "length" if piece.source is None else None
+                    text, ids, entries = echoed.text, [], echoed.entries
+                else:
+                    prompt_tokens[piece.prompt] = response.prompt_tokens
+                    new_tokens[index] = response.new_tokens
+                    # a stream that keeps its own token_ids (the cascade's, whose remote chunks may
+                    # hold several ids) tells them; otherwise each Response is one token
+                    kept = getattr(piece.source, "token_ids", None)
+                    ids = list(kept[seen.get(index, 0) :]) if kept is not None else [response.token]
+                    seen[index] = seen.get(index, 0) + len(ids)
+                    finish, text = response.finish_reason, response.text
+                    entries = (
+                        [] if response.logprob is None else [(response.token, response.logprob, response.top_logprobs)]
+                    )
                 choice = reply.choice(
-                    response.text, ids, response.finish_reason, chunk=True, first=response is first, entries=scored
+                    text, ids, finish, chunk=True, first=index not in started, index=index, entries=entries
                 )
-                extra = _shadow_edge(responses, [response]) if done else {}
+                started.add(index)
+                done = finish is not None
+                extra = _shadow_edge(piece.source, [response] if response is not None else []) if done else {}
                 yield _event(reply.envelope([choice], chunk=True, **extra))
-                if done:
-                    break
                 # one token per worker-thread call: the event loop stays free, and a disconnect
                 # is noticed between tokens
-                response = await run_in_threadpool(next, responses, None)
+                piece = await run_in_threadpool(next, pieces, None)
         except Exception as exc:  # after the headers: the error can only travel as an event
             log.exception("generation failed mid-stream")
             yield _event(ApiError(500, str(exc), kind="server_error").payload())
         else:
-            if reply.request.include_usage and last is not None:
-                yield _event(reply.envelope([], chunk=True, usage=_usage(last.prompt_tokens, last.new_tokens)))
+            if reply.request.include_usage and started:
+                usage = _usage(sum(prompt_tokens.values()), sum(new_tokens.values()))
+                yield _event(reply.envelope([], chunk=True, usage=usage))
         yield "data: [DONE]\n\n"
+
+
+@dataclass
+class Piece:
+    """One step of a streamed answer: a Response of choice `index` (of prompt `prompt`), or, when
+    response is None, that choice's echoed prompt. source: the Response stream (None after an
+    echo alone), whose cascade fields and kept token_ids the chunks tell."""
+
+    index: int
+    prompt: int
+    response: Response | None
+    source: Any
+    echoed: Echo | None = None
 
 
 def _close(responses: Iterator[Response]) -> None:

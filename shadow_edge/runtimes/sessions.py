@@ -1,4 +1,6 @@
 """onnxruntime sessions for bundle graphs, one per graph, each a step function over numpy arrays.
+open_runners() is where every session is opened: the runtime's loaders, export validation and
+evaluation all go through it, with the same options.
 
 A step takes the new tokens, the attention mask over past + new positions, their position ids,
 and the graph's KV cache; it returns the graph's first output (shadow_states or logits) and
@@ -9,13 +11,28 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from ..bundle import LOGITS_TO_KEEP, SHADOW_STATES, CacheSpec, GraphSpec, shape_mismatch
+from ..bundle import (
+    BACKBONE_GRAPH,
+    BASE_LM_GRAPH,
+    LOGITS_TO_KEEP,
+    SHADOW_GRAPH,
+    SHADOW_HEAD_GRAPH,
+    SHADOW_LM_GRAPH,
+    SHADOW_STATES,
+    CacheSpec,
+    GraphSpec,
+    ModelSpec,
+    cache_for,
+    resolve_inside,
+    shape_mismatch,
+)
 from ..errors import BundleError
 from .kv_cache import KVCache
 
@@ -61,8 +78,8 @@ def session_options(
 ) -> ort.SessionOptions:
     """CPU options; prepack=False keeps MatMul/Gemm weights in the memory-mapped weights file
     instead of a private repacked copy per session; spin=False lets the intra-op threads sleep as
-    soon as a run ends (see runtimes/model.py for when); weights: shared_weights() to read the
-    external data from, in place (the caller keeps the mappings open as long as the session)."""
+    soon as a run ends (SPIN says when); weights: shared_weights() to read the external data
+    from, in place (the caller keeps the mappings open as long as the session)."""
     options = ort.SessionOptions()
     if not prepack:
         options.add_session_config_entry("session.disable_prepacking", "1")
@@ -78,6 +95,48 @@ def session_options(
         options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return options
+
+
+# Thread spinning. Each session has its own intra-op pool whose threads spin for a while after a
+# run. In attached mode the shadow graph's spinning threads then steal the cores from the backbone
+# that runs right after it: on 2 cores this halved attached decoding (SmolLM2, 2 threads: 19-21
+# tok/s with spinning everywhere, 28-34 tok/s with the shadow's pool sleeping; the base model
+# alone: 37). The small shadow graph loses nothing measurable by waking its threads from sleep.
+# The cascade's shadow head runs between two shadow steps, the same situation.
+SPIN = {
+    SHADOW_GRAPH: False,
+    BACKBONE_GRAPH: True,
+    SHADOW_LM_GRAPH: True,
+    BASE_LM_GRAPH: True,
+    SHADOW_HEAD_GRAPH: False,
+}
+
+
+def open_runners(
+    root: Path,
+    graphs: Mapping[str, GraphSpec],
+    model: ModelSpec,
+    names: Sequence[str],
+    threads: int | None = None,
+    prepack: bool = True,
+) -> dict[str, GraphRunner]:
+    """A GraphRunner for each named graph of the bundle folder `root` (its files already checked),
+    with session_options() and SPIN. onnxruntime releases the GIL while it builds a session: the
+    graphs open side by side."""
+    # Without prepacking the sessions read the weights file itself: one mapping for all of them.
+    # With prepacking, onnxruntime's own per-session mapping is better: it lets go of the pages it
+    # packed, while pages read through a mapping of ours stay resident (SmolLM2 fp32 attached: load
+    # peaked at 1146 MB through one shared mapping, 735 MB through onnxruntime's).
+    # (every graph of a bundle reads the one external-data file, weights.data: bundle_tools/weights.py)
+    weights = None if prepack else shared_weights(sorted(root.glob("*.data")))
+
+    def runner(name: str) -> GraphRunner:
+        spec = graphs[name]
+        options = session_options(threads, prepack=prepack, spin=SPIN[name], weights=weights)
+        return GraphRunner(resolve_inside(root, spec.file), spec, cache_for(model, name), options, weights)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(names), 2))) as pool:
+        return dict(zip(names, pool.map(runner, names), strict=True))
 
 
 class GraphRunner:
@@ -104,12 +163,19 @@ class GraphRunner:
         self._check_against_manifest(path.name)
 
     def _check_against_manifest(self, file: str) -> None:
-        """The graph must take the inputs the manifest lists, with the cache's KV shapes: a manifest
-        that disagrees with its graph is refused here, not by a shape error mid-generation."""
+        """The graph must take the inputs and give the outputs the manifest lists (which
+        check_consistency checked against bundle.GRAPH_KINDS), with the cache's KV shapes: a
+        manifest that disagrees with its graph is refused here, not by a shape error mid-generation."""
         listed = {t.name for t in self.spec.inputs}
         if self.input_names != listed:
             odd = sorted(self.input_names ^ listed)
             raise BundleError(f"{file} does not match the manifest: inputs {odd[:4]} are in one but not the other")
+        listed_outputs = [t.name for t in self.spec.outputs]
+        if self.output_names != listed_outputs:  # step() reads the first, then the cache's in order
+            raise BundleError(
+                f"{file} does not match the manifest: its outputs {self.output_names[:3]} "
+                f"are not the manifest's {listed_outputs[:3]} (in that order)"
+            )
         for value in self.session.get_inputs():
             wrong = shape_mismatch(value.name, value.shape, self.cache_spec)
             if wrong:

@@ -276,7 +276,7 @@ def export_quantized(
     """`shadow-edge export --quantize`: export float32 to a scratch folder beside output, quantize it
     into output (evaluated against that float32 export), then drop the scratch folder. options:
     export()'s keyword arguments, plus mobile, strict and text for quantize_bundle()."""
-    from .export import export
+    from ..exporters.export import export
 
     quantize_options = {k: options.pop(k) for k in ("mobile", "strict", "text") if k in options}
     output = Path(output)

@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..bundle import MODE_GRAPHS, Manifest, cache_for, read_manifest, resolve_inside, verify_files
+from ..bundle import MODE_GRAPHS, Manifest, read_manifest, resolve_inside, verify_files
 from ..errors import BundleError
+from ..progress import Progress, silent
 from ..runtimes.engine import Engine
-from ..runtimes.sessions import GraphRunner, session_options
+from ..runtimes.sessions import open_runners
 from .eval_text import EVAL_TEXT
 
 if TYPE_CHECKING:
-    from .eval_reference import ReferenceEngine
+    from ..exporters.eval_reference import ReferenceEngine
 
 MAX_TOKENS = 512
 GREEDY_PROMPTS = 8
@@ -44,18 +45,8 @@ FLOORS = {
 
 
 def open_engine(root: Path, manifest: Manifest, mode: str, threads: int | None = None) -> Engine:
-    """The mode's graphs in sessions with default options (weights prepacked)."""
-    options = session_options(threads)
-    runners = {
-        name: GraphRunner(
-            resolve_inside(root, manifest.graphs[name].file),
-            manifest.graphs[name],
-            cache_for(manifest.model, name),
-            options,
-        )
-        for name in MODE_GRAPHS[mode]
-    }
-    return Engine(mode, runners, manifest.model)
+    """The mode's graphs in sessions with the runtime's options (weights prepacked)."""
+    return Engine(mode, open_runners(root, manifest.graphs, manifest.model, MODE_GRAPHS[mode], threads), manifest.model)
 
 
 def eval_tokens(root: Path, manifest: Manifest, text: str | None, seed: int = 0) -> tuple[np.ndarray, str]:
@@ -159,21 +150,23 @@ def evaluate(
     *,
     reference: str | Path | None = None,
     base: str | Path | None = None,
+    progress: Progress = silent,
 ) -> dict:
     """Fidelity of `bundle` per mode (see the module docstring) against the bundle `against`, or
     against the PyTorch model of the checkpoint `reference` (its base model from `base` or
-    CKPT/base; needs torch: eval_reference.py)."""
+    CKPT/base; needs torch: eval_reference.py). progress: told as each mode is compared."""
     root = Path(bundle)
     manifest = read_manifest(root)
     verify_files(root, manifest, hashes=False)
     if (against is None) == (reference is None):
         raise BundleError("give one reference: another bundle (against) or a checkpoint (reference), not both")
     ids, source = eval_tokens(root, manifest, text)  # before loading a checkpoint: a bad text fails fast
+    progress("loading the reference", 0, None)
     if against is not None:
         label, available, open_reference = _bundle_reference(Path(against), manifest, threads)
         where = "both bundles"
     else:
-        from .eval_reference import checkpoint_reference
+        from ..exporters.eval_reference import checkpoint_reference
 
         label, available, open_reference = checkpoint_reference(reference, base, manifest, threads)
         where = "both the bundle and the checkpoint"
@@ -183,8 +176,10 @@ def evaluate(
     if unknown or not chosen:
         raise BundleError(f"mode {', '.join(unknown) or '(none)'} is not in {where} (common: {common})")
     report: dict = {"against": label, "text": source, "tokens": int(len(ids)), "modes": {}}
-    for mode in chosen:
+    for done, mode in enumerate(chosen):
+        progress(f"comparing {mode} on {len(ids)} tokens", done, len(chosen))
         report["modes"][mode] = compare_mode(open_engine(root, manifest, mode, threads), open_reference(mode), ids)
+    progress("compared", len(chosen), len(chosen))
     return report
 
 
