@@ -1,11 +1,12 @@
 """In-place KV caches (GroupQueryAttention's shared past/present buffer, bound with IOBinding),
-and chunked prefill, on real tiny bundles: exact against the concat layout, against one-pass
-prefill, and against shadow-peft's forward."""
+chunked prefill and the multi-turn prompt cache, on real tiny bundles: exact against the concat
+layout, against one-pass prefill, against a fresh prefill, and against shadow-peft's forward."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from shadow_edge.errors import BundleError
 from shadow_edge.runtimes import kv_cache
 from shadow_edge.runtimes.engine import left_pad
 from shadow_edge.runtimes.kv_cache import KVCache, SharedKVCache
+from shadow_edge.runtimes.prompt_cache import PromptCache, common_prefix
 
 MODES = ("attached", "detached")
 NO_EOS = {"eos_token_ids": []}
@@ -26,15 +28,8 @@ LONG = [int(t) for t in RNG.integers(3, 90, 120)]  # near the tiny models' conte
 
 
 @pytest.fixture(scope="module")
-def models(tiny_exports):
-    cache = {}
-
-    def get(arch: str, mode: str = "attached"):
-        if (arch, mode) not in cache:
-            cache[arch, mode] = shadow_edge.load(tiny_exports[arch].bundle, mode=mode, threads=1)
-        return cache[arch, mode]
-
-    return get
+def models(tiny_models):
+    return tiny_models
 
 
 def as_concat(model):
@@ -169,3 +164,71 @@ def test_bundles_without_the_field_run_with_concat_caches(tiny_exports, tmp_path
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="kv_layout 'paged', not one of concat, shared_buffer"):
         shadow_edge.load(bundle, threads=1)
+
+
+# ---- the prompt cache -------------------------------------------------------------------------
+
+
+def test_common_prefix():
+    assert [common_prefix(a, b) for a, b in [([], [1]), ([1, 2, 3], [1, 2, 4]), ([1, 2], [1, 2, 3]), ([5], [6])]] == [
+        0,
+        2,
+        2,
+        0,
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_conversation_reuses_each_turns_caches_and_answers_as_a_fresh_prefill(tiny_exports, mode):
+    fresh = shadow_edge.load(tiny_exports["qwen3"].bundle, mode=mode, threads=1)
+    cached = shadow_edge.load(tiny_exports["qwen3"].bundle, mode=mode, threads=1)
+    cached.prompt_cache = cache = PromptCache()
+    prompt: list[int] = []
+    prompt_tokens = 0
+    for turn in range(4):
+        prompt = prompt + [int(t) for t in RNG.integers(3, 90, 6)]  # the new message
+        want = fresh.generate(prompt, max_new_tokens=5, **NO_EOS)
+        before = cache.prefilled_tokens
+        got = cached.generate(prompt, max_new_tokens=5, **NO_EOS)
+        assert got.token_ids == want.token_ids, turn
+        # after the first turn only the new message (and the last answer token, never fed) is prefilled
+        assert cache.prefilled_tokens - before == (6 if turn == 0 else 7)
+        prompt_tokens += len(prompt)
+        prompt = prompt + got.token_ids
+    assert len(cache) == 1 and cache.reused_tokens == prompt_tokens - cache.prefilled_tokens
+    # a prompt that diverges early reuses only the shared prefix
+    other = prompt[:3] + [4, 4, 4]
+    assert cached.generate(other, max_new_tokens=4, **NO_EOS).token_ids == (
+        fresh.generate(other, max_new_tokens=4, **NO_EOS).token_ids
+    )
+
+
+def test_concurrent_calls_never_share_caches(tiny_exports):
+    model = shadow_edge.load(tiny_exports["llama"].bundle, threads=1)
+    prompts = [LONG[:12], LONG[:12] + [3, 4], LONG[20:30], LONG[:5]]
+    want = [model.generate(p, max_new_tokens=12, **NO_EOS).token_ids for p in prompts]
+    model.prompt_cache = PromptCache(entries=2)
+    got: dict[int, list[list[int]]] = {}
+
+    def work(i: int) -> None:
+        got[i] = [model.generate(prompts[i], max_new_tokens=12, **NO_EOS).token_ids for _ in range(3)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(prompts))] == [[w] * 3 for w in want]
+    assert len(model.prompt_cache) == 2 and model.prompt_cache.reused_tokens > 0
+
+
+def test_a_batch_or_a_huge_entry_is_not_kept(tiny_exports):
+    model = shadow_edge.load(tiny_exports["llama"].bundle, threads=1)
+    model.prompt_cache = PromptCache(max_bytes=1)
+    model.generate(LONG[:12], max_new_tokens=3, **NO_EOS)
+    assert len(model.prompt_cache) == 0
+    model.prompt_cache = PromptCache()
+    model.generate_batch([LONG[:12], LONG[:4]], max_new_tokens=3, **NO_EOS)
+    assert len(model.prompt_cache) == 0
+    model.generate(LONG[:12], max_new_tokens=3, **NO_EOS)
+    assert len(model.prompt_cache) == 1 and model.prompt_cache.nbytes > 0

@@ -196,6 +196,10 @@ def _stream(model: Any, responses: Any) -> str:
 
 def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
     messages: list[dict[str, str]] = []
+    if getattr(model, "prompt_cache", False) is None:  # each turn prefills only the new messages
+        from ..runtimes.prompt_cache import PromptCache
+
+        model.prompt_cache = PromptCache()
     err_console.print("[dim]chat: an empty line or Ctrl-D ends it[/]")
     while True:
         try:
