@@ -82,6 +82,15 @@ class GraphKind:
     def output_names(self, cache: CacheSpec) -> list[str]:
         return [self.output, *(cache.present_names() if self.cached else [])]
 
+# How a graph's KV cache inputs and outputs relate (GraphSpec.kv_layout):
+#   concat         present = past ++ new: each step returns the whole cache anew (traced graphs)
+#   shared_buffer  past and present may be one buffer longer than the cache, updated in place
+#                  (GroupQueryAttention's past_present_share_buffer; fused graphs). Such a graph
+#                  also runs as concat, so a runtime that does not know the field still runs it.
+KV_CONCAT = "concat"
+KV_SHARED_BUFFER = "shared_buffer"
+KV_LAYOUTS = (KV_CONCAT, KV_SHARED_BUFFER)
+
 
 @dataclass
 class TensorSpec:
@@ -101,6 +110,7 @@ class GraphSpec:
     weight_bytes_per_token: int = 0
     precision: str = "float32"  # weights: "float32", "int8" (dynamic) or "int4" (MatMulNBits)
     quantization: dict[str, Any] = field(default_factory=dict)  # method, settings, what was excluded
+    kv_layout: str = KV_CONCAT  # one of KV_LAYOUTS; bundles written before the field are concat
 
     @property
     def cached(self) -> bool:
@@ -281,6 +291,11 @@ def check_consistency(manifest: Manifest) -> None:
     # a classifier's graphs end in class logits, one per label, not in the vocabulary
     width = len(model.labels) if model.task == "seq_cls" else model.vocab_size
     for graph, spec in manifest.graphs.items():
+        if spec.kv_layout not in KV_LAYOUTS:
+            raise BundleError(
+                f"manifest graph {graph} has kv_layout {spec.kv_layout[:40]!r}, not one of {', '.join(KV_LAYOUTS)}",
+                hint="re-export the checkpoint with this version of shadow-edge",
+            )
         _check_graph_io(graph, spec, cache_for(model, graph), width)
 
 

@@ -99,6 +99,21 @@ def tiny_references(tiny_exports) -> dict:
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tiny_exports):
+    """load(arch, mode) of the tiny bundles (1 thread), each loaded once per session."""
+    import shadow_edge
+
+    cache = {}
+
+    def get(arch: str, mode: str = "attached"):
+        if (arch, mode) not in cache:
+            cache[arch, mode] = shadow_edge.load(tiny_exports[arch].bundle, mode=mode, threads=1)
+        return cache[arch, mode]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def tiny_text_export(tmp_path_factory) -> Exported:
     """A tiny Llama bundle with a tokenizer (byte-level BPE, vocabulary < 96) and a chat template."""
     from tiny_tokenizer import write_tokenizer

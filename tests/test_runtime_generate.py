@@ -20,16 +20,9 @@ NO_EOS = {"eos_token_ids": []}  # random tiny models may emit EOS anywhere: off 
 
 
 @pytest.fixture(scope="module")
-def models(tiny_exports):
-    """load(arch, mode), each loaded once per module."""
-    cache = {}
-
-    def get(arch: str, mode: str = "attached"):
-        if (arch, mode) not in cache:
-            cache[arch, mode] = shadow_edge.load(tiny_exports[arch].bundle, mode=mode, threads=1)
-        return cache[arch, mode]
-
-    return get
+def models(tiny_models):
+    """load(arch, mode), each loaded once."""
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

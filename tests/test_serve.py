@@ -166,6 +166,22 @@ def test_chat_completion_equals_model_chat(text_models, text_url):
     assert post(text_url, "/v1/chat/completions", body | {"messages": parts})[1]["choices"] == got["choices"]
 
 
+def test_a_conversation_reuses_the_previous_turns_caches(tiny_text_export, text_url):
+    fresh = shadow_edge.load(tiny_text_export.bundle)  # no prompt cache
+    messages = [{"role": "user", "content": "hello there"}]
+    before = request(text_url, "GET", "/health")[1]["prompt_cache"]
+    for turn in range(3):
+        want = fresh.chat(messages, max_new_tokens=6, temperature=0)
+        body = {"messages": messages, "max_completion_tokens": 6, "temperature": 0, "return_token_ids": True}
+        (choice,) = post(text_url, "/v1/chat/completions", body)[1]["choices"]
+        assert choice["token_ids"] == want.token_ids, turn
+        messages += [choice["message"], {"role": "user", "content": f"and then {turn}?"}]
+    after = request(text_url, "GET", "/health")[1]["prompt_cache"]
+    # turns 2 and 3 extend the conversation: their shared prefix is not prefilled again
+    assert after["reused_tokens"] - before["reused_tokens"] >= 2 * len(fresh.encode_chat(messages[:1]))
+    assert 1 <= after["entries"] <= 2 and after["bytes"] > 0
+
+
 def test_streamed_completion_adds_up_to_the_answer(text_url):
     body = {"prompt": "the cat", "max_tokens": 16, "temperature": 0, "return_token_ids": True}
     whole = post(text_url, "/v1/completions", body)[1]

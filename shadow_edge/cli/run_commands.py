@@ -215,6 +215,10 @@ def _chat_loop(model: Any, settings: dict[str, Any]) -> None:
     with contextlib.suppress(ImportError):  # Windows has no readline
         import readline  # noqa: F401  (importing it gives input() editing and history)
     messages: list[dict[str, str]] = []
+    if getattr(model, "prompt_cache", False) is None:  # each turn prefills only the new messages
+        from ..runtimes.prompt_cache import PromptCache
+
+        model.prompt_cache = PromptCache()
     err_console.print("[dim]chat: an empty line or Ctrl-D ends it; Ctrl-C stops an answer[/]")
     while True:
         try:

@@ -22,6 +22,8 @@ from typing import Any
 from ..bundle import (
     BACKBONE_GRAPH,
     BASE_LM_GRAPH,
+    KV_CONCAT,
+    KV_SHARED_BUFFER,
     MANIFEST_FILE,
     SHADOW_GRAPH,
     SHADOW_HEAD_GRAPH,
@@ -207,8 +209,9 @@ def export(
                 purpose=PURPOSES[name],
                 embedding=embedding[name],
                 weight_bytes_per_token=per_token,
+                kv_layout=KV_SHARED_BUFFER if graph_builder == "fused" and name != SHADOW_HEAD_GRAPH else KV_CONCAT,
             )
-            for name, (file, inputs, outputs, per_token, _) in graph_io.items()
+            for name, (file, inputs, outputs, per_token, graph_builder) in graph_io.items()
         }
         tokenizer = _save_tokenizer(loaded, folder)
         notify("tokenizer")

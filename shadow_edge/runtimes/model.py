@@ -9,6 +9,8 @@
     model.classify(["great movie", [1, 2, 3]])      # classifier bundles: label, logits, probs per input
     model.prompt_logprobs("Hello world", top=1)     # per prompt token: (logprob, best), first None
     model.generate("Hi", logprobs=2).logprobs       # each generated token's, and 2 alternatives
+    model.prompt_cache = PromptCache()              # later one-prompt calls extending an earlier
+                                                    # one prefill only their new tokens (chat turns)
 
 load() checks the manifest (format and version) and the size and sha256 of every file the mode
 needs (verify="size" skips the hashes, for a bundle already checked), and creates sessions only
@@ -48,6 +50,7 @@ from .generate import (
     prompt_logprobs,
     stream_rows,
 )
+from .prompt_cache import PromptCache
 from .sessions import GraphRunner, open_runners
 from .tokenizer import Message, Tokenizer
 
@@ -143,6 +146,7 @@ class ShadowEdgeModel:
     """A loaded bundle in one mode. See the module docstring for the API and thread safety."""
 
     token_stream = None  # None: generate.sampled_tokens on the engine; speculative.py drafts instead
+    prompt_cache: PromptCache | None = None  # set one to reuse earlier calls' caches (prompt_cache.py)
 
     def __init__(self, root: Path, manifest: Manifest, engine: Engine, tokenizer: Tokenizer | None) -> None:
         self.root = root
@@ -213,8 +217,12 @@ class ShadowEdgeModel:
         """Responses of every row (Response.index) as tokens are produced; checks the request first."""
         refuse_generation(self.manifest)
         ids = [self.encode(p) for p in prompts]
-        return stream_rows(
-            self.engine,
+        engine = self.engine
+        turn = None
+        if self.prompt_cache is not None and len(ids) == 1 and self.token_stream is None:
+            turn = engine = self.prompt_cache.turn(self.engine)
+        responses = stream_rows(
+            engine,
             self.tokenizer,
             ids,
             self.config(**settings),
@@ -223,6 +231,7 @@ class ShadowEdgeModel:
             self.pad_token_id,
             self.token_stream,
         )
+        return responses if turn is None else turn.released_after(responses)
 
     def classify(self, inputs: str | Sequence[int] | Sequence[str | Sequence[int]]) -> list[Classification]:
         """Label, logits and probabilities of each input (one text or id list, or a list of them), in

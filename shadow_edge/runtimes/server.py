@@ -57,6 +57,7 @@ from ..manifest_schema import nesting_depth
 from . import server_guard
 from .generate import MAX_TOP_LOGPROBS, GenerationResult, Response
 from .openai_logprobs import Entry, chat_logprobs, completion_logprobs, generated_entries, prompt_entries
+from .prompt_cache import PromptCache
 from .server_guard import REQUEST_TIMEOUT, ApiError
 from .speculative import SpeculativeStats
 
@@ -69,6 +70,7 @@ MAX_REQUEST_BYTES = 1 << 20
 # both answers come later than one after the other would. Raise it on bigger CPUs.
 MAX_CONCURRENT = 1
 MAX_QUEUED = 8
+PROMPT_CACHE_ENTRIES = 2  # conversations whose caches are kept (prompt_cache.py)
 MAX_JSON_DEPTH = 16  # requests nest 4 deep (messages, content parts); Python's parser recurses per level
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the runtime's -> OpenAI's
@@ -408,6 +410,17 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
 
 
+def _prompt_cache_stats(cache: PromptCache | None) -> dict[str, int] | None:
+    if cache is None:
+        return None
+    return {
+        "entries": len(cache),
+        "bytes": cache.nbytes,
+        "reused_tokens": cache.reused_tokens,
+        "prefilled_tokens": cache.prefilled_tokens,
+    }
+
+
 def _shadow_edge(source: Any, generations: Sequence[Any] = ()) -> dict[str, Any]:
     """{"shadow_edge": {...}}: escalated, served_by and reason when a cascade's result or stream has
     them; the draft stats summed over the generations (results, or a stream's last Response) that
@@ -460,6 +473,7 @@ class Server:
                 "max_concurrent": self.slots.limit,
                 "running": self.slots.running,
                 "waiting": self.slots.waiting,
+                "prompt_cache": _prompt_cache_stats(getattr(self.model, "prompt_cache", None)),
             }
         )
 
@@ -723,10 +737,15 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     cors_origins: Sequence[str] = (),
     request_timeout: float = REQUEST_TIMEOUT,
+    prompt_cache_entries: int = PROMPT_CACHE_ENTRIES,
 ) -> Starlette:
     """The ASGI app serving `model` (see the module docstring). api_key: required as
     `Authorization: Bearer KEY`; allowed_hosts: the Host names answered (None: any);
-    cors_origins: web origins allowed to call it from a browser (none by default)."""
+    cors_origins: web origins allowed to call it from a browser (none by default);
+    prompt_cache_entries: conversations whose caches the model keeps (0: none), so that a request
+    extending an earlier one prefills only its new tokens (prompt_cache.py)."""
+    if prompt_cache_entries and getattr(model, "prompt_cache", False) is None:  # a ShadowEdgeModel's
+        model.prompt_cache = PromptCache(prompt_cache_entries)  # type: ignore[attr-defined]
     root = getattr(model, "root", None)
     name = model_name or (getattr(root, "name", "") or "shadow-edge")
     server = Server(model, max_tokens_limit, max_request_bytes, max_concurrent, max_queued, name, request_timeout)

@@ -4,7 +4,9 @@ evaluation all go through it, with the same options.
 
 A step takes the new tokens, the attention mask over past + new positions, their position ids,
 and the graph's KV cache; it returns the graph's first output (shadow_states or logits) and
-updates the cache in place.
+updates the cache. A graph whose manifest entry says kv_layout "shared_buffer" gets a
+SharedKVCache, bound with IOBinding as both its past and present tensors, so that the step writes
+the new positions into the cache in place instead of returning the whole cache anew.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import onnxruntime as ort
 from ..bundle import (
     BACKBONE_GRAPH,
     BASE_LM_GRAPH,
+    KV_SHARED_BUFFER,
     LOGITS_TO_KEEP,
     SHADOW_GRAPH,
     SHADOW_HEAD_GRAPH,
@@ -34,7 +37,7 @@ from ..bundle import (
     shape_mismatch,
 )
 from ..errors import BundleError
-from .kv_cache import KVCache
+from .kv_cache import KVCache, SharedKVCache
 
 _state = ort.capi.onnxruntime_pybind11_state
 ORT_RUN_ERRORS = (_state.Fail, _state.InvalidArgument, _state.RuntimeException)  # share no base but Exception
@@ -161,6 +164,7 @@ class GraphRunner:
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._check_against_manifest(path.name)
+        self.kv_layout = spec.kv_layout  # may be set to KV_CONCAT: every graph also runs that way
 
     def _check_against_manifest(self, file: str) -> None:
         """The graph must take the inputs and give the outputs the manifest lists (which
@@ -181,12 +185,14 @@ class GraphRunner:
             if wrong:
                 raise BundleError(f"{file} does not match the manifest: {wrong}")
 
-    def new_cache(self, batch: int) -> KVCache:
+    def new_cache(self, batch: int) -> KVCache | SharedKVCache:
+        if self.kv_layout == KV_SHARED_BUFFER:
+            return SharedKVCache(self.cache_spec, batch)
         return KVCache(self.cache_spec, batch)
 
     def step(
         self,
-        cache: KVCache,
+        cache: KVCache | SharedKVCache,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
@@ -198,27 +204,63 @@ class GraphRunner:
             "input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
             "attention_mask": np.ascontiguousarray(attention_mask, dtype=np.int64),
             "position_ids": np.ascontiguousarray(position_ids, dtype=np.int64),
-            **cache.feeds(),
         }
         if SHADOW_STATES in self.input_names:
-            feeds[SHADOW_STATES] = shadow_states
+            feeds[SHADOW_STATES] = np.ascontiguousarray(shadow_states, dtype=np.float32)
         if LOGITS_TO_KEEP in self.input_names:
             feeds[LOGITS_TO_KEEP] = np.array(logits_to_keep, dtype=np.int64)
-        outputs = self._run(feeds)
+        if isinstance(cache, SharedKVCache):
+            return self._step_in_place(cache, feeds)
+        outputs = self._checked(self._run(feeds | cache.feeds()))
         cache.update(outputs[1:])
         return outputs[0]
 
+    def _step_in_place(self, cache: SharedKVCache, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """One step with the cache's buffers bound as past and present: GroupQueryAttention sees
+        past and present share memory and appends the new positions at seqlens_k - new + 1, which
+        the graph derives from the attention mask's width (= every row's length; the mask carries
+        left padding). Only the first output is copied out."""
+        new, total = feeds["input_ids"].shape[1], feeds["attention_mask"].shape[1]
+        if total != cache.seq_len + new:
+            raise ValueError(f"the attention mask covers {total} positions, the cache {cache.seq_len} + {new} new")
+        cache.reserve(total)
+        if cache.binding is None:  # past and present stay bound to the buffers until they grow
+            cache.binding = self.session.io_binding()
+            cache.binding.bind_output(self.output_names[0], "cpu")  # get_outputs() lists them as bound
+            names = zip(self.cache_spec.past_names(), self.cache_spec.present_names(), strict=True)
+            for (past, present), value in zip(names, cache.values, strict=True):
+                cache.binding.bind_ortvalue_input(past, value)
+                cache.binding.bind_ortvalue_output(present, value)
+        binding = cache.binding
+        binding.bind_output(self.output_names[0], "cpu")  # rebinding a name replaces its entry
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, array)
+        self._run_bound(binding)
+        cache.advance(new)
+        return self._checked([binding.get_outputs()[0].numpy()])[0]
+
     def head(self, shadow_states: np.ndarray) -> np.ndarray:
         """A cacheless head graph (shadow_head): logits [batch, seq, vocab] of the states given."""
-        return self._run({SHADOW_STATES: np.ascontiguousarray(shadow_states)})[0]
+        return self._checked(self._run({SHADOW_STATES: np.ascontiguousarray(shadow_states)}))[0]
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         try:
-            outputs = self.session.run(self.output_names, feeds)
+            return self.session.run(self.output_names, feeds)
         except ORT_RUN_ERRORS as exc:
-            # the inputs are built from the manifest: a graph that refuses them disagrees with it
-            first = str(exc).strip().splitlines()[0][:300]
-            raise BundleError(f"onnxruntime failed running {self.spec.file}: {first}") from None
+            raise self._failed(exc) from None
+
+    def _run_bound(self, binding: ort.IOBinding) -> None:
+        try:
+            self.session.run_with_iobinding(binding)
+        except (*ORT_RUN_ERRORS, RuntimeError) as exc:  # run_with_iobinding raises RuntimeError
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: Exception) -> BundleError:
+        # the inputs are built from the manifest: a graph that refuses them disagrees with it
+        first = str(exc).strip().splitlines()[0][:300]
+        return BundleError(f"onnxruntime failed running {self.spec.file}: {first}")
+
+    def _checked(self, outputs: list[np.ndarray]) -> list[np.ndarray]:
         # NaN/inf never come out of sound weights, and would be sampled as token 0 or garbage.
         # Checking the last position only costs ~10 us a step (one vocabulary row).
         last = outputs[0][:, -1] if outputs[0].ndim == 3 else outputs[0]
