@@ -82,6 +82,7 @@ class GraphKind:
     def output_names(self, cache: CacheSpec) -> list[str]:
         return [self.output, *(cache.present_names() if self.cached else [])]
 
+
 # How a graph's KV cache inputs and outputs relate (GraphSpec.kv_layout):
 #   concat         present = past ++ new: each step returns the whole cache anew (traced graphs)
 #   shared_buffer  past and present may be one buffer longer than the cache, updated in place

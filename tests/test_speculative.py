@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -75,6 +76,11 @@ def test_accepted_drafts_keep_both_caches_exact(tiny_exports, wrong):
     result = speculative.generate(prompt, **settings)
     assert result.token_ids == attached.generate(prompt, **settings).token_ids
     stats = result.speculative
+    # each Response says whether its token is a kept draft: as many as the stats count, the first never
+    responses = list(speculative.stream(prompt, **settings))
+    flags = [r.from_draft for r in responses]
+    assert flags[0] is False and sum(flags) == responses[-1].speculative["accepted"] > 0 and len(flags) == 24
+    assert {r.from_draft for r in attached.stream(prompt, **settings)} == {None}  # not a speculative stream
     if wrong == 1000:  # 24 tokens: the prompt pass gives one, each round k accepted + 1
         assert stats["acceptance"] == 1.0 and stats["rounds"] <= 6
     else:
@@ -199,6 +205,27 @@ def test_cli_cascade_with_draft_tokens(tiny_text_export):
     want = shadow_edge.load(bundle).generate("the cat", max_new_tokens=6, temperature=0)
     assert result["served_by"] == "attached" and result["token_ids"] == want.token_ids
     assert result["speculative"]["rounds"] >= 1
+
+
+def test_serve_cascade_with_draft_tokens_decodes_an_escalation_speculatively(tiny_text_export, tmp_path):
+    from serving import serve_command
+    from test_serve import post
+
+    bundle = tmp_path / "bundle"  # a copy whose policy always escalates: max softmax 1.5 is never reached
+    shutil.copytree(tiny_text_export.bundle, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["escalation"]["confidence_threshold"] = 1.5
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    want = shadow_edge.load(bundle).generate("the cat", max_new_tokens=6, temperature=0)
+    code, output = run_cli("serve", bundle, "--mode", "attached", "--draft-tokens", "2")
+    assert code != 0 and "--draft-tokens needs --mode speculative or --mode cascade" in output
+    options = ("--mode", "cascade", "--draft-tokens", "2", "--threads", "1")
+    with serve_command(bundle, *options) as (url, _):
+        body = {"prompt": "the cat", "max_tokens": 6, "temperature": 0, "return_token_ids": True}
+        status, answer = post(url, "/v1/completions", body)
+    assert status == 200, answer
+    assert answer["choices"][0]["token_ids"] == want.token_ids
+    assert answer["shadow_edge"]["served_by"] == "attached" and answer["shadow_edge"]["speculative"]["rounds"] >= 1
 
 
 def test_draft_length_adapts():

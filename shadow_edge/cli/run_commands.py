@@ -22,6 +22,16 @@ RemoteApiKey = Annotated[
 ]
 
 
+DraftTokens = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="--mode speculative: most tokens drafted per backbone pass (4); --mode cascade: decode a local "
+        "escalation speculatively, drafting up to this many",
+    ),
+]
+
+
 @command()
 @friendly_errors
 def run(
@@ -33,14 +43,7 @@ def run(
     detached: Annotated[bool, typer.Option("--detached", help="= --mode detached")] = False,
     cascade: Annotated[bool, typer.Option("--cascade", help="= --mode cascade")] = False,
     speculative: Annotated[bool, typer.Option("--speculative", help="= --mode speculative")] = False,
-    draft_tokens: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="--mode speculative: most tokens drafted per backbone pass (4); --mode cascade: decode a local "
-            "escalation speculatively, drafting up to this many",
-        ),
-    ] = None,
+    draft_tokens: DraftTokens = None,
     remote: Annotated[str | None, typer.Option(help="--mode cascade: OpenAI-compatible server to escalate to")] = None,
     remote_api_key: RemoteApiKey = None,
     confidence_threshold: Annotated[
@@ -245,6 +248,7 @@ def serve(
     mode: Annotated[str, typer.Option(help=MODE_HELP)] = "attached",
     remote: Annotated[str | None, typer.Option(help="--mode cascade: server to escalate to")] = None,
     remote_api_key: RemoteApiKey = None,
+    draft_tokens: DraftTokens = None,
     threads: Annotated[int | None, typer.Option(min=1, help="onnxruntime threads (default: one per core)")] = None,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="the largest max_tokens a request may ask")] = 1024,
     max_concurrent: Annotated[int, typer.Option(min=1, help="generations at once (they share the cores)")] = 1,
@@ -277,9 +281,11 @@ def serve(
         fail(f"--mode must be one of {', '.join(ALL_MODES)}, got {mode!r}")
     if remote is not None and mode != "cascade":
         fail("--remote needs --mode cascade")
+    if mode not in ("speculative", "cascade") and draft_tokens is not None:
+        fail("--draft-tokens needs --mode speculative or --mode cascade")
     # cascade: a device-side server where the shadow answers, escalating per the bundle's policy
     remote_options = dict(remote=remote, remote_api_key=remote_api_key) if mode == "cascade" else {}
-    model = open_model(bundle, mode, threads=threads, **remote_options)
+    model = open_model(bundle, mode, threads=threads, draft_tokens=draft_tokens, **remote_options)
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
     line = f"serving {escape(str(bundle))} ({model.mode}) at {url}/v1 (Ctrl-C stops)"
     console.print(line, highlight=False, soft_wrap=True)

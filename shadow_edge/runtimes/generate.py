@@ -78,6 +78,7 @@ class Response:
     logprob: float | None = None  # with GenerationConfig.logprobs: this token's
     top_logprobs: list[tuple[int, float]] | None = None  # (token id, log-probability), best first
     speculative: dict[str, float] | None = None  # speculative decoding's stats of this row so far
+    from_draft: bool | None = None  # speculative: the shadow drafted this token and the backbone kept it
 
     def summary(self) -> str:
         return (
@@ -165,11 +166,12 @@ def resolve_max_new_tokens(requested: int | None, default: int, longest_prompt: 
 class Step:
     """One step of a token stream: the token of every row [batch] and, when asked for, the
     log-probabilities [batch, vocab] of the processed logits they were sampled from; a
-    speculative stream adds each row's draft stats so far."""
+    speculative stream adds each row's draft stats so far and whether its token is an accepted draft."""
 
     tokens: np.ndarray
     logprobs: np.ndarray | None = None
     speculative: list[dict[str, float]] | None = None
+    from_draft: list[bool] | None = None
 
 
 def step_tokens(
@@ -354,6 +356,7 @@ def _responses(
                     logprob=logprob,
                     top_logprobs=best,
                     speculative=out.speculative[index] if out.speculative else None,
+                    from_draft=out.from_draft[index] if out.from_draft else None,
                 )
             if all(row.finish_reason is not None for row in rows):
                 return

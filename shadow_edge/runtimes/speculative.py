@@ -159,7 +159,8 @@ class _Rounds:
         self.histories = [np.asarray(p, dtype=np.int64) for p in prompts]  # prompt + tokens given
         self.produced = np.zeros(self.batch, dtype=np.int64)
         self.active = np.ones(self.batch, dtype=bool)
-        # per row: (token, its log-probabilities or None, the row's stats then), not yet yielded
+        # per row: (token, its log-probabilities or None, the row's stats then, whether it is an
+        # accepted draft), not yet yielded
         self.buffers: list[deque] = [deque() for _ in prompts]
 
     def run(self, prefilled: Prefilled | None) -> Iterator[Step]:
@@ -176,7 +177,7 @@ class _Rounds:
         logits = process_logits(self.processors, self.histories, logits)
         first = inverse_cdf(self.target(logits), np.array([rng.random() for rng in self.rngs]))
         for b in range(self.batch):
-            self._give(b, int(first[b]), logits[b])
+            self._give(b, int(first[b]), logits[b], from_draft=False)
         self.pending = first  # given, in neither cache yet
         draft = DraftLength(spec.draft_tokens)
         while True:
@@ -186,26 +187,27 @@ class _Rounds:
             k, accepted = self._round(draft.k, shadow_cache, backbone_cache)
             draft.update(k, accepted)
 
-    def _give(self, b: int, token: int, logits: np.ndarray) -> None:
+    def _give(self, b: int, token: int, logits: np.ndarray, from_draft: bool) -> None:
         self.histories[b] = np.append(self.histories[b], token)
         self.produced[b] += 1
         self.active[b] = self.produced[b] < self.max_new and token not in self.eos
         logprobs = log_softmax(logits) if self.with_logprobs else None
-        self.buffers[b].append((token, logprobs, self.stats[b].to_dict()))
+        self.buffers[b].append((token, logprobs, self.stats[b].to_dict(), from_draft))
 
     def _drain(self) -> Iterator[Step]:
         """Steps while every row has a token buffered, or has no more to give (then the pad, which
         stream_rows drops: the row is finished there)."""
         while any(self.buffers) and all(buf or not on for buf, on in zip(self.buffers, self.active, strict=True)):
             rows = [
-                buf.popleft() if buf else (self.pad_id, None, stats.to_dict())
+                buf.popleft() if buf else (self.pad_id, None, stats.to_dict(), False)
                 for buf, stats in zip(self.buffers, self.stats, strict=True)
             ]
             logprobs = None
             if self.with_logprobs:
-                vocab = next(lp for _, lp, _ in rows if lp is not None).shape[-1]
-                logprobs = np.stack([lp if lp is not None else np.zeros(vocab) for _, lp, _ in rows])
-            yield Step(np.array([r[0] for r in rows], dtype=np.int64), logprobs, [r[2] for r in rows])
+                vocab = next(lp for _, lp, _, _ in rows if lp is not None).shape[-1]
+                logprobs = np.stack([lp if lp is not None else np.zeros(vocab) for _, lp, _, _ in rows])
+            tokens = np.array([r[0] for r in rows], dtype=np.int64)
+            yield Step(tokens, logprobs, [r[2] for r in rows], [r[3] for r in rows])
 
     def _round(self, want: int, shadow_cache: KVCache, backbone_cache: KVCache) -> tuple[int, int]:
         """One draft/verify round over every row; returns (drafts per row, the most a row accepted)."""
@@ -260,7 +262,7 @@ class _Rounds:
                     self._count(b, limits[b], accepted[b])
                     kept[b] = j + 1
                     deciding[b] = False
-                self._give(b, token, logits[b])
+                self._give(b, token, logits[b], from_draft=stays)
             if j < k:
                 histories = [np.append(h, t) for h, t in zip(histories, drafts[j], strict=True)]
         # 4. trim: each row keeps its last token and accepted drafts, the rows right-aligned again
