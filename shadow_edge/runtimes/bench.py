@@ -200,7 +200,8 @@ def memory_breakdown(
     for _ in range(new_tokens):
         logits = engine.forward(seqs, logits[:, -1:].argmax(-1))
     end = rss_now()
-    kv = sum(c.nbytes for c in seqs.caches.values()) / 2**20
+    # the positions held: an in-place cache reserves more (np.zeros), pages it has not written stay unmapped
+    kv = sum(t.nbytes for c in seqs.caches.values() for t in c.tensors) / 2**20
     load_anon = loaded.anonymous - before.anonymous
     no_prepack = load_anon
     if prepack:
