@@ -13,8 +13,6 @@ Needs onnx and onnxruntime, not torch.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import shutil
 import tempfile
@@ -43,6 +41,7 @@ from ..bundle import (
     verify_files,
 )
 from ..errors import OutputExistsError, QuantizeError
+from ..runtimes.memory import release_freed_heap
 from .evaluate import FLOORS, below_floor, evaluate
 from .quantize_graph import GRID_SHARE, PRECISIONS, QuantizeSettings, quantize_model
 from .quantize_grid import graph_on_grid
@@ -126,14 +125,6 @@ def _copy_other_files(source_root: Path, source: Manifest, folder: Path) -> None
         target = folder / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(resolve_inside(source_root, name), target)
-
-
-def _release_freed_memory() -> None:
-    """Hand freed heap back to the OS between graphs: glibc keeps the arenas that a graph's copies of
-    the weights grew (4 GB after Gemma 3's four graphs), and evaluation's sessions come on top."""
-    gc.collect()  # onnxruntime's quantizer leaves reference cycles that hold a graph's copy
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def _versions() -> dict[str, str]:
@@ -221,7 +212,10 @@ def quantize_bundle(
             onnx.save_model(model, folder / spec.file)
             specs[name] = replace(spec, weight_bytes_per_token=weight_bytes_per_token(model))
             del model
-            _release_freed_memory()
+            # onnxruntime's quantizer leaves reference cycles that hold a copy of the graph's weights
+            # (4 GB after Gemma 3's four graphs): free them, and the heap they grew, before the next
+            gc.collect()
+            release_freed_heap()
             notify(name)
         _copy_other_files(source_root, source, folder)
         manifest = Manifest(
